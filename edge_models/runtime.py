@@ -1,0 +1,242 @@
+"""Running an ONNX GenAI model: chat templating, tokenising, generating text.
+
+Everything here is synchronous and thread-safe per :class:`Generation`:
+callers run generations in worker threads (ONNX Runtime releases the GIL
+while it computes) and stop one by setting its ``cancel`` event, which is
+checked before every decode step.
+
+>>> # doctest: +SKIP
+>>> model = EdgeModel.load(resolve_model("smollm2-135m-instruct"))
+>>> gen = model.generate(model.encode_chat([{"role": "user", "content": "Hi"}]), SamplingOptions(16))
+>>> "".join(gen), gen.finish_reason
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from edge_models.catalog import check_model_folder
+from edge_models.errors import GenerationError, MissingDependency, ModelInvalid, PromptTooLong
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = ["ChatMessage", "EdgeModel", "Generation", "SamplingOptions", "StopMatcher", "default_threads"]
+
+ChatMessage = dict[str, str]
+FinishReason = Literal["stop", "length"]
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _genai() -> Any:
+    try:
+        import onnxruntime_genai as og
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise MissingDependency("onnxruntime-genai is not installed: pip install onnxruntime-genai") from exc
+    return og
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """How to pick tokens. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    stop: Sequence[str] = ()
+
+
+class StopMatcher:
+    """Cuts generated text at the first stop sequence, across piece boundaries.
+
+    Text that might be the start of a stop sequence is held back until the
+    next piece shows whether it is.
+
+    >>> m = StopMatcher(["END"])
+    >>> m.feed("abc E"), m.feed("N"), m.feed("D tail")
+    (('abc ', False), ('', False), ('', True))
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [stop for stop in stops if stop]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        buffer = self.pending + text
+        hits = [index for stop in self.stops if (index := buffer.find(stop)) >= 0]
+        if hits:
+            self.pending = ""
+            return buffer[: min(hits)], True
+        hold = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(buffer)), hold, -1):
+                if buffer.endswith(stop[:size]):
+                    hold = size
+                    break
+        self.pending = buffer[len(buffer) - hold :] if hold else ""
+        return buffer[: len(buffer) - hold], False
+
+    def flush(self) -> str:
+        rest, self.pending = self.pending, ""
+        return rest
+
+
+class Generation:
+    """One generation: iterate it for text pieces, then read the counts.
+
+    Pieces are whole characters (the tokenizer stream never splits a UTF-8
+    sequence) with stop sequences already removed.
+    """
+
+    def __init__(
+        self,
+        model: EdgeModel,
+        prompt_ids: npt.NDArray[np.int32],
+        options: SamplingOptions,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.model = model
+        self.prompt_ids = prompt_ids
+        self.options = options
+        self.cancel = cancel or threading.Event()
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason | None = None
+        self.cancelled = False
+        self.first_token_s: float | None = None
+        self.elapsed_s = 0.0
+
+    def __iter__(self) -> Iterator[str]:
+        og = _genai()
+        model = self.model
+        started = time.perf_counter()
+        budget = min(self.options.max_new_tokens, model.context_length - self.prompt_tokens)
+        try:
+            generator = og.Generator(model.model, model.search_params(self.options, self.prompt_tokens + budget))
+            generator.append_tokens(self.prompt_ids)
+        except Exception as exc:
+            raise GenerationError(f"could not start generation: {exc}") from exc
+        stream = model.tokenizer.create_stream()
+        matcher = StopMatcher(self.options.stop)
+        eos = model.eos_token_ids
+        last = -1
+        try:
+            while not generator.is_done():
+                if self.cancel.is_set():
+                    self.cancelled = True
+                    return
+                generator.generate_next_token()
+                last = int(generator.get_next_tokens()[0])
+                self.completion_tokens += 1
+                if self.first_token_s is None:
+                    self.first_token_s = time.perf_counter() - started
+                if last in eos:
+                    break
+                text, stopped = matcher.feed(stream.decode(last))
+                if text:
+                    yield text
+                if stopped:
+                    self.finish_reason = "stop"
+                    return
+            if rest := matcher.flush():
+                yield rest
+            self.finish_reason = "stop" if last in eos else "length"
+        except GeneratorExit:
+            self.cancelled = True
+            raise
+        except Exception as exc:
+            raise GenerationError(f"generation failed: {exc}") from exc
+        finally:
+            self.elapsed_s = time.perf_counter() - started
+            del generator
+
+
+class EdgeModel:
+    """A loaded ONNX GenAI model and its tokenizer."""
+
+    def __init__(self, folder: Path, model: Any, tokenizer: Any, config: dict[str, Any], threads: int) -> None:
+        self.folder = folder
+        self.model = model
+        self.tokenizer = tokenizer
+        self.threads = threads
+        decoder = config["model"]
+        self.context_length = int(decoder.get("context_length") or config["search"]["max_length"])
+        eos = decoder.get("eos_token_id", [])
+        self.eos_token_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        self.model_type = str(decoder.get("type", "unknown"))
+        self.vocab_size = int(decoder.get("vocab_size", 0))
+
+    @classmethod
+    def load(cls, folder: Path, *, threads: int | None = None) -> EdgeModel:
+        """Load the model in ``folder`` with ``threads`` intra-op threads (default: all cores)."""
+        check_model_folder(folder)
+        og = _genai()
+        threads = threads or default_threads()
+        try:
+            config = json.loads((folder / "genai_config.json").read_text())
+            og_config = og.Config(str(folder))
+            og_config.overlay(
+                json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}})
+            )
+            model = og.Model(og_config)
+            tokenizer = og.Tokenizer(model)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelInvalid(f"cannot load the model in {folder}: {exc}") from exc
+        return cls(folder, model, tokenizer, config, threads)
+
+    def search_params(self, options: SamplingOptions, max_length: int) -> Any:
+        og = _genai()
+        params = og.GeneratorParams(self.model)
+        search: dict[str, Any] = {"max_length": max_length, "repetition_penalty": options.repetition_penalty}
+        if options.temperature > 0:
+            search.update(do_sample=True, temperature=options.temperature, top_p=options.top_p)
+            search["top_k"] = options.top_k or self.vocab_size or 50
+            if options.seed is not None:
+                search["random_seed"] = options.seed
+        else:
+            search["do_sample"] = False
+        params.set_search_options(**search)
+        return params
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        return str(self.tokenizer.apply_chat_template(json.dumps(list(messages)), add_generation_prompt=True))
+
+    def encode(self, text: str) -> npt.NDArray[np.int32]:
+        ids: npt.NDArray[np.int32] = self.tokenizer.encode(text)
+        return ids
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> npt.NDArray[np.int32]:
+        return self.encode(self.render_chat(messages))
+
+    def check_fits(self, prompt_tokens: int) -> None:
+        if prompt_tokens >= self.context_length:
+            raise PromptTooLong(
+                f"the prompt has {prompt_tokens} tokens; the model's window is {self.context_length}",
+                prompt_tokens=prompt_tokens,
+                context_length=self.context_length,
+            )
+
+    def generate(
+        self,
+        prompt_ids: npt.NDArray[np.int32],
+        options: SamplingOptions,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        self.check_fits(len(prompt_ids))
+        return Generation(self, prompt_ids, options, cancel)

@@ -1,0 +1,49 @@
+"""Building backends from target config.
+
+Adapters are imported only when a target of their type is configured, so a
+deployment without, say, the ONNX edge model never imports onnxruntime-genai.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from router.backends.base import Backend, Capabilities
+from router.backends.fake import ScriptedBackend, ScriptedReply
+from router.config import FakeTargetConfig
+
+__all__ = ["BACKEND_TYPES", "create_backend"]
+
+# type -> "module:Class"; each class takes (name, config, **injected).
+BACKEND_TYPES: Mapping[str, str] = {
+    "openai": "router.backends.openai_compat:OpenAIBackend",
+    "onnx": "router.backends.edge:EdgeBackend",
+}
+
+
+def _fake(name: str, config: FakeTargetConfig) -> ScriptedBackend:
+    supports = config.supports
+    return ScriptedBackend(
+        name=name,
+        script=ScriptedReply(text=config.reply, delay_s=config.delay_s),
+        model=config.model,
+        capabilities=Capabilities(
+            tools=bool(supports.tools),
+            json_schema=bool(supports.json_schema),
+            images=bool(supports.images),
+            context_window=config.context_window,
+            local=config.local,
+        ),
+    )
+
+
+def create_backend(name: str, config: Any, **injected: Any) -> Backend:
+    """The backend for target ``name``; ``injected`` reaches the adapter's constructor."""
+    if isinstance(config, FakeTargetConfig):
+        return _fake(name, config)
+    module_name, _, class_name = BACKEND_TYPES[config.type].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    backend: Backend = cls(name, config, **injected)
+    return backend

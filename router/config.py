@@ -1,0 +1,191 @@
+"""Typed configuration of targets and policies.
+
+Each target ``type`` has its own model, selected by the ``type`` key, so a
+typo in any option fails start-up with the option's full path, e.g.
+``targets.cloud.timeouts.connect_s: Input should be greater than 0``.
+
+>>> cfg = RouterConfig.model_validate({
+...     "targets": {"edge": {"type": "fake"}},
+...     "policies": [{"type": "default", "target": "edge"}],
+... })
+>>> cfg.targets["edge"].type
+'fake'
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "TARGET_TYPES",
+    "Capability",
+    "FakeTargetConfig",
+    "OnnxTargetConfig",
+    "OpenAITargetConfig",
+    "Price",
+    "RouterConfig",
+    "TargetConfig",
+    "Timeouts",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Price(_Strict):
+    """USD per million tokens."""
+
+    input: Annotated[float, Field(ge=0)] = 0.0
+    output: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Capability(_Strict):
+    """Overrides of what a target can do; unset fields keep the type's default."""
+
+    tools: bool | None = None
+    json_schema: bool | None = None
+    images: bool | None = None
+
+
+class Timeouts(_Strict):
+    """Seconds. ``first_byte_s`` bounds the wait for the first answer byte or
+    stream event, ``idle_s`` the gap between stream events, ``total_s`` the
+    whole call."""
+
+    connect_s: Annotated[float, Field(gt=0)] = 5.0
+    first_byte_s: Annotated[float, Field(gt=0)] = 60.0
+    idle_s: Annotated[float, Field(gt=0)] = 60.0
+    total_s: Annotated[float, Field(gt=0)] = 600.0
+
+
+class _TargetCommon(_Strict):
+    aliases: list[str] = Field(default_factory=list, description="Other `model` names that pin this target.")
+    price_per_mtok: Price = Field(default_factory=Price)
+    quality: Annotated[float, Field(ge=0, le=1)] = 0.5
+    latency_ms: Annotated[float, Field(gt=0)] = 1000.0
+    supports: Capability = Field(default_factory=Capability)
+    context_window: Annotated[int, Field(ge=1)] | None = None
+
+
+class OpenAITargetConfig(_TargetCommon):
+    """Any OpenAI-compatible endpoint: OpenAI itself, vLLM, Ollama, LM Studio."""
+
+    type: Literal["openai"]
+    base_url: AnyHttpUrl
+    model: str
+    api_key_env: str | None = Field(
+        default=None, description="Env var holding the API key; unset for keyless local servers."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Static extra headers (not secrets).")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_connections: Annotated[int, Field(ge=1)] = 100
+    forward_unknown_fields: bool = Field(
+        default=False,
+        description="Send request fields OpenAI does not document (vLLM's top_k, ...). OpenAI itself rejects them.",
+    )
+    quality: Annotated[float, Field(ge=0, le=1)] = 0.9
+    latency_ms: Annotated[float, Field(gt=0)] = 800.0
+
+    @field_validator("headers")
+    @classmethod
+    def _no_auth_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in ("authorization", "api-key", "x-api-key"):
+                raise ValueError(f"{name} must not be set in config; name the env var in api_key_env")
+        return value
+
+
+class OnnxTargetConfig(_TargetCommon):
+    """The local model, run with ONNX Runtime GenAI."""
+
+    type: Literal["onnx"]
+    model: str = Field(
+        default="smollm2-135m-instruct",
+        description="A built model name (see `hybrid-router edge build`) or a path to an ONNX GenAI model folder.",
+    )
+    precision: Literal["int4", "int8", "fp32"] | None = Field(
+        default=None, description="Which build of a named model to load; the default precision when unset."
+    )
+    models_dir: str | None = Field(
+        default=None,
+        description="Where built models live; default $HYBRID_ROUTER_MODELS_DIR or ~/.cache/hybrid-router/models.",
+    )
+    max_concurrency: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Generations at once; default one per two CPU cores."
+    )
+    max_queue: Annotated[int, Field(ge=0)] = Field(default=8, description="Requests waiting for a slot before busy.")
+    threads: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Intra-op threads per generation.")
+    default_max_tokens: Annotated[int, Field(ge=1)] = Field(
+        default=512, description="When the request sets no max_tokens."
+    )
+    temperature: Annotated[float, Field(ge=0, le=2)] = Field(
+        default=0.2, description="When the request sets none; SmolLM2's recommended value. 0 is greedy."
+    )
+    top_p: Annotated[float, Field(gt=0, le=1)] = Field(default=0.9, description="When the request sets none.")
+    repetition_penalty: Annotated[float, Field(gt=0)] = Field(
+        default=1.0, description="Above 1 discourages small models from looping."
+    )
+    quality: Annotated[float, Field(ge=0, le=1)] = 0.3
+    latency_ms: Annotated[float, Field(gt=0)] = 100.0
+
+
+class FakeTargetConfig(_TargetCommon):
+    """A scripted target for demos and tests: answers ``reply`` after ``delay_s``."""
+
+    type: Literal["fake"]
+    model: str = "scripted"
+    reply: str = "Hello from the scripted backend."
+    delay_s: Annotated[float, Field(ge=0)] = 0.0
+    local: bool = True
+
+
+_TARGET_MODELS = (OpenAITargetConfig, OnnxTargetConfig, FakeTargetConfig)
+TargetConfig = Annotated[
+    OpenAITargetConfig | OnnxTargetConfig | FakeTargetConfig,
+    Field(discriminator="type"),
+]
+TARGET_TYPES: frozenset[str] = frozenset(m.model_fields["type"].annotation.__args__[0] for m in _TARGET_MODELS)  # type: ignore[union-attr]
+"""Every valid target ``type``."""
+
+
+class RouterConfig(BaseModel):
+    """Targets and the ordered policy chain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    targets: dict[str, TargetConfig]
+    policies: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"type": "explicit"}],
+        description="Evaluated in order; each item has a `type` and that policy's options.",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("at least one target must be configured")
+        for name in value:
+            if not name or name == "auto" or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"target name {name!r} must be letters, digits, '-' or '_' and not 'auto'")
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _policies_have_type(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, spec in enumerate(value):
+            if not isinstance(spec.get("type"), str):
+                raise ValueError(f"policies[{index}] needs a 'type'")
+        return value
+
+    @model_validator(mode="after")
+    def _aliases_unique(self) -> RouterConfig:
+        seen: dict[str, str] = {}
+        for name, target in self.targets.items():
+            for alias in target.aliases:
+                if alias in self.targets or alias in seen or alias == "auto":
+                    raise ValueError(f"targets.{name}.aliases: {alias!r} is already a target or alias")
+                seen[alias] = name
+        return self

@@ -1,0 +1,227 @@
+"""The one error tree of Hybrid Router.
+
+Every failure that can reach a client is one of these. Each class carries the
+HTTP status, OpenAI error ``type`` and ``code`` it is reported with, so the
+HTTP layer translates any of them with a single handler registered on the
+base class, and third-party errors (httpx, onnxruntime, provider SDKs) are
+re-raised as one of these ``from`` the original at the adapter boundary.
+
+    HybridRouterError                      500  (never raised bare)
+    ├── ConfigError                        start-up only: bad or missing config
+    ├── InvalidRequest                     400  invalid_request_error
+    │   ├── ContextLengthExceeded          400  context_length_exceeded
+    │   ├── UnknownModel                   404  model_not_found
+    │   └── PayloadTooLarge                413  payload_too_large
+    ├── AuthenticationFailed               401  invalid_api_key
+    ├── PolicyViolation                    403  policy_violation
+    ├── RateLimited                        429  rate_limit_exceeded
+    ├── NoTargetAvailable                  503  no_target_available
+    └── BackendError                       502  upstream_error
+        ├── BackendBusy                    503  backend_busy
+        ├── UpstreamTimeout                504  upstream_timeout
+        ├── UpstreamConnectError           502  upstream_connect_error
+        ├── UpstreamRateLimited            429  upstream_rate_limited
+        ├── UpstreamAuthError              502  upstream_auth_error
+        ├── UpstreamBadRequest             400  upstream_bad_request
+        ├── ContentFiltered                400  content_filter
+        └── UpstreamProtocolError          502  upstream_protocol_error
+
+Messages are written for the caller and must never contain secrets: adapters
+build them from status codes and upstream error *messages*, never from
+request headers.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "BackendBusy",
+    "BackendError",
+    "ConfigError",
+    "ContentFiltered",
+    "ContextLengthExceeded",
+    "HybridRouterError",
+    "InvalidRequest",
+    "NoTargetAvailable",
+    "PayloadTooLarge",
+    "PolicyViolation",
+    "RateLimited",
+    "UnknownModel",
+    "UpstreamAuthError",
+    "UpstreamBadRequest",
+    "UpstreamConnectError",
+    "UpstreamProtocolError",
+    "UpstreamRateLimited",
+    "UpstreamTimeout",
+]
+
+
+class HybridRouterError(Exception):
+    """Base of every error this project raises on purpose.
+
+    >>> err = InvalidRequest("messages must not be empty", param="messages")
+    >>> err.status_code, err.type, err.param
+    (400, 'invalid_request_error', 'messages')
+    """
+
+    status_code: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        # Seconds the caller should wait before retrying; sent as Retry-After.
+        self.retry_after = retry_after
+
+    def to_openai(self) -> dict[str, object]:
+        """The body OpenAI's API would send for this error."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ConfigError(HybridRouterError):
+    """The configuration is invalid; raised at start-up, never per request."""
+
+    code = "config_error"
+
+
+class InvalidRequest(HybridRouterError):
+    """The request body or a header is malformed or breaks a limit."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt plus the tokens asked for do not fit the target's window."""
+
+    code = "context_length_exceeded"
+
+
+class UnknownModel(InvalidRequest):
+    """``model`` names neither ``auto`` nor a configured target."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The request body is larger than ``limits.max_body_bytes``."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class AuthenticationFailed(HybridRouterError):
+    """No bearer key, or one that matches none of the configured keys."""
+
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PolicyViolation(HybridRouterError):
+    """A routing policy forbids what the request asks for."""
+
+    status_code = 403
+    type = "permission_error"
+    code = "policy_violation"
+
+
+class RateLimited(HybridRouterError):
+    """A gateway-side limit was hit; carries ``retry_after``."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class NoTargetAvailable(HybridRouterError):
+    """Every target the policies allow is not ready."""
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "no_target_available"
+
+
+class BackendError(HybridRouterError):
+    """A target failed to produce an answer."""
+
+    status_code = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class BackendBusy(BackendError):
+    """The target's bounded queue is full; carries ``retry_after``."""
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "backend_busy"
+
+
+class UpstreamTimeout(BackendError):
+    """Connect, first-byte or overall deadline passed."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamConnectError(BackendError):
+    """The upstream could not be reached at all."""
+
+    code = "upstream_connect_error"
+
+
+class UpstreamRateLimited(BackendError):
+    """The upstream throttled us; its ``Retry-After`` is kept."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+
+class UpstreamAuthError(BackendError):
+    """The upstream rejected *our* credentials: an operator problem, not the caller's."""
+
+    code = "upstream_auth_error"
+
+
+class UpstreamBadRequest(BackendError):
+    """The upstream refused the request as invalid (a 4xx other than auth and throttling)."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code = "upstream_bad_request"
+
+
+class ContentFiltered(BackendError):
+    """The provider's content filter or safety system blocked the prompt or answer."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code = "content_filter"
+
+
+class UpstreamProtocolError(BackendError):
+    """The upstream answered with something that is not its documented format."""
+
+    code = "upstream_protocol_error"

@@ -1,0 +1,166 @@
+"""The policy contract.
+
+A policy looks at one request's :class:`~router.features.Features` and the
+targets' live state, and returns a :class:`Verdict`: targets it forbids, a
+target it requires, a target it prefers, scores it adds. Every verdict says
+why, in words a person reads in ``/v1/route`` and the ``x-route-reason``
+header. :class:`router.router.Router` combines the verdicts in the configured
+order; policies never see each other, only the running tally in
+:attr:`RoutingContext.so_far`.
+
+Writing one::
+
+    class NightShift:
+        name = "night_shift"
+
+        class Options(BaseModel):
+            target: str
+
+        def __init__(self, options: "NightShift.Options", targets: TargetCatalog) -> None:
+            targets.check(options.target, key="target")
+            self.target = options.target
+
+        def evaluate(self, ctx: RoutingContext) -> Verdict:
+            return Verdict(reason="after hours", prefer=self.target)
+
+and load it with ``policies: [{type: "mypkg.policies:NightShift", target: edge}]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel
+
+from router.backends.base import Capabilities, Readiness
+from router.chat import ChatRequest
+from router.errors import ConfigError
+from router.features import Features
+
+__all__ = [
+    "Policy",
+    "PolicyClass",
+    "RoutingContext",
+    "TargetCatalog",
+    "TargetView",
+    "Tally",
+    "Verdict",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One policy's say on one request.
+
+    >>> Verdict(reason="personal data stays local", forbid={"cloud": "personal data"}).abstains
+    False
+    """
+
+    reason: str
+    forbid: Mapping[str, str] = field(default_factory=dict)
+    require: str | None = None
+    prefer: str | None = None
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def abstains(self) -> bool:
+        return not (self.forbid or self.require or self.prefer or self.scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.forbid:
+            out["forbid"] = dict(self.forbid)
+        if self.require:
+            out["require"] = self.require
+        if self.prefer:
+            out["prefer"] = self.prefer
+        if self.scores:
+            out["scores"] = {name: round(score, 4) for name, score in self.scores.items()}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    """What a policy may know about one target: static traits plus live state."""
+
+    name: str
+    model: str
+    capabilities: Capabilities
+    readiness: Readiness
+    # USD per million tokens.
+    price_input: float = 0.0
+    price_output: float = 0.0
+    # Operator-assigned quality in [0, 1] and expected latency, for the weighted policy.
+    quality: float = 0.5
+    latency_ms: float = 1000.0
+
+
+@dataclass(slots=True)
+class Tally:
+    """The running result of the policies evaluated so far."""
+
+    forbidden: dict[str, str] = field(default_factory=dict)
+    required: str | None = None
+    preferred: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def undecided(self) -> bool:
+        return self.required is None and self.preferred is None and not self.scores
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingContext:
+    """Everything a policy is given."""
+
+    request: ChatRequest
+    features: Features
+    targets: Mapping[str, TargetView]
+    # The target the request pinned with ``model``, or None for ``auto``.
+    pinned: str | None
+    so_far: Tally
+
+    def allowed(self) -> list[str]:
+        """Targets not forbidden so far, in config order."""
+        return [name for name in self.targets if name not in self.so_far.forbidden]
+
+
+class TargetCatalog:
+    """The configured targets, as policies see them at construction time."""
+
+    def __init__(self, targets: Mapping[str, TargetView]) -> None:
+        self._targets = dict(targets)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._targets
+
+    def __iter__(self) -> Any:
+        return iter(self._targets)
+
+    def __getitem__(self, name: str) -> TargetView:
+        return self._targets[name]
+
+    def check(self, name: str, *, key: str) -> str:
+        """Fail start-up when ``name`` is not a configured target."""
+        if name not in self._targets:
+            valid = ", ".join(sorted(self._targets))
+            raise ConfigError(f"{key}: unknown target {name!r}; configured targets: {valid}")
+        return name
+
+
+class Policy(Protocol):
+    """A routing policy: turns a :class:`RoutingContext` into a :class:`Verdict`."""
+
+    name: str
+
+    def evaluate(self, ctx: RoutingContext) -> Verdict: ...
+
+
+class PolicyClass(Protocol):
+    """What the registry needs of a policy class: its options model and constructor."""
+
+    Options: ClassVar[type[BaseModel]]
+
+    def __call__(self, options: Any, targets: TargetCatalog) -> Policy: ...

@@ -1,0 +1,90 @@
+"""Finding policy classes by name, and building them from config.
+
+A policy ``type`` is one of the built-in names, a name registered by an
+installed package in the ``hybrid_router.policies`` entry-point group, or an
+import path ``package.module:Class``. Anything else fails start-up with the
+list of valid names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from router.errors import ConfigError
+from router.policies.base import Policy, TargetCatalog
+from router.policies.capability import CapabilityPolicy
+from router.policies.context_window import ContextWindowPolicy
+from router.policies.default import DefaultPolicy
+from router.policies.explicit import ExplicitPolicy
+from router.policies.privacy import PrivacyPolicy
+from router.policies.weighted import WeightedPolicy
+
+__all__ = ["BUILTIN_POLICIES", "ENTRY_POINT_GROUP", "build_policies", "resolve_policy_class"]
+
+ENTRY_POINT_GROUP = "hybrid_router.policies"
+
+BUILTIN_POLICIES: Mapping[str, Any] = {
+    "explicit": ExplicitPolicy,
+    "privacy": PrivacyPolicy,
+    "context_window": ContextWindowPolicy,
+    "capability": CapabilityPolicy,
+    "weighted": WeightedPolicy,
+    "default": DefaultPolicy,
+}
+
+
+def _entry_point_policies() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def resolve_policy_class(type_name: str, *, key: str = "type") -> Any:
+    """The class for ``type_name``, or a :class:`ConfigError` listing the valid names."""
+    if type_name in BUILTIN_POLICIES:
+        return BUILTIN_POLICIES[type_name]
+    plugins = _entry_point_policies()
+    if type_name in plugins:
+        return plugins[type_name].load()
+    if ":" in type_name:
+        module_name, _, attr = type_name.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"{key}: cannot import policy {type_name!r}: {exc}") from exc
+    valid = sorted({*BUILTIN_POLICIES, *plugins})
+    raise ConfigError(
+        f"{key}: unknown policy type {type_name!r}; valid types: {', '.join(valid)}, or an import path 'module:Class'"
+    )
+
+
+def build_policies(specs: Sequence[Mapping[str, Any]], targets: TargetCatalog) -> list[Policy]:
+    """Build the configured policy chain, validating each one's options."""
+    policies: list[Policy] = []
+    for index, spec in enumerate(specs):
+        key = f"policies[{index}]"
+        options = dict(spec)
+        type_name = str(options.pop("type", ""))
+        cls = resolve_policy_class(type_name, key=f"{key}.type")
+        options_model: type[BaseModel] | None = getattr(cls, "Options", None)
+        try:
+            parsed = options_model.model_validate(options) if options_model else options
+        except ValidationError as exc:
+            raise ConfigError(f"{key} ({type_name}): {_describe(exc, key)}") from exc
+        try:
+            policy = cls(parsed, targets)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}.{exc.message}") from exc
+        if not callable(getattr(policy, "evaluate", None)):
+            raise ConfigError(f"{key}.type: {type_name!r} has no evaluate(ctx) method")
+        if not getattr(policy, "name", None):
+            policy.name = type_name
+        policies.append(policy)
+    return policies
+
+
+def _describe(exc: ValidationError, key: str) -> str:
+    return "; ".join(f"{key}.{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors())

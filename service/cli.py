@@ -1,0 +1,148 @@
+"""The ``hybrid-router`` command.
+
+    hybrid-router serve [--config FILE] [--host H] [--port P]
+    hybrid-router config check FILE
+    hybrid-router route [--config FILE] < request.json
+    hybrid-router auth hash KEY
+    hybrid-router edge build [--precision P] [--out DIR] [--force]
+
+Each subcommand imports what it needs when it runs, so ``--help`` is instant
+and ``edge build`` alone pulls in the build-only dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from router.errors import ConfigError, HybridRouterError
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.logs import configure_logging
+    from service.settings import load_settings
+
+    settings = load_settings(args.config)
+    given = {key: value for key in ("host", "port") if (value := getattr(args, key)) is not None}
+    settings = settings.model_copy(update={"server": settings.server.model_copy(update=given)})
+    configure_logging(settings.logging)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from service.gateway import Gateway
+    from service.settings import load_settings
+
+    settings = load_settings(args.file)
+    gateway = Gateway.from_settings(settings)
+    targets = ", ".join(f"{name} ({cfg.type})" for name, cfg in settings.targets.items())
+    policies = " -> ".join(policy.name for policy in gateway.router.policies)
+    print(f"{args.file}: OK (config_version {settings.config_version})")
+    print(f"  targets:  {targets}")
+    print(f"  policies: {policies}")
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from service.chat import check_limits, parse_chat_request
+    from service.gateway import Gateway
+    from service.settings import load_settings
+
+    settings = load_settings(args.config)
+    gateway = Gateway.from_settings(settings)
+    chat = parse_chat_request(sys.stdin.buffer.read())
+    check_limits(chat, settings.limits)
+
+    async def decide() -> dict[str, object]:
+        await gateway.start()
+        try:
+            return gateway.router.decide(chat).to_dict()
+        finally:
+            await gateway.aclose()
+
+    print(json.dumps(asyncio.run(decide()), indent=2))
+    return 0
+
+
+def _auth_hash(args: argparse.Namespace) -> int:
+    from service.auth import hash_key
+
+    print(hash_key(args.key))
+    return 0
+
+
+def _edge_build(args: argparse.Namespace) -> int:
+    from edge_models.build import build_cli
+
+    return build_cli(precision=args.precision, out=args.out, force=args.force)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybrid-router", description="Hybrid edge-cloud LLM gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML config (default: $HYBRID_ROUTER_CONFIG or the embedded default)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(handler=_serve)
+
+    config = commands.add_parser("config", help="configuration tools").add_subparsers(dest="sub", required=True)
+    check = config.add_parser("check", help="validate a config file without starting anything")
+    check.add_argument("file")
+    check.set_defaults(handler=_config_check)
+
+    route = commands.add_parser("route", help="print the decision trail for a request JSON read from stdin")
+    route.add_argument("--config")
+    route.set_defaults(handler=_route)
+
+    auth = commands.add_parser("auth", help="client key tools").add_subparsers(dest="sub", required=True)
+    hash_cmd = auth.add_parser("hash", help="print the sha256 form of a client key for auth.api_key_hashes")
+    hash_cmd.add_argument("key")
+    hash_cmd.set_defaults(handler=_auth_hash)
+
+    edge = commands.add_parser("edge", help="local model tools").add_subparsers(dest="sub", required=True)
+    build = edge.add_parser("build", help="build the default edge model into ONNX")
+    build.add_argument("--precision", choices=["int4", "int8", "fp32"], default=None)
+    build.add_argument("--out", help="output folder (default: the model cache)")
+    build.add_argument("--force", action="store_true", help="rebuild even if the model exists")
+    build.set_defaults(handler=_edge_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"config error: {exc.message}", file=sys.stderr)
+        return 2
+    except HybridRouterError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

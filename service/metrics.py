@@ -1,0 +1,100 @@
+"""Prometheus metrics, all prefixed ``hybrid_router_``.
+
+Every metric lives in the registry passed in, so each app (and each test)
+gets its own. Backend gauges (queue depth, active generations) are read at
+scrape time by :class:`BackendStatsCollector` from each backend's
+``stats()``, so backends never import prometheus-client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from router.backends.base import Backend
+from router.chat import Usage
+
+__all__ = ["BackendStatsCollector", "GatewayMetrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_RATE_BUCKETS = (1, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500)
+
+
+class GatewayMetrics:
+    """The gateway's own metrics.
+
+    >>> m = GatewayMetrics(CollectorRegistry())
+    >>> m.record_usage("edge", Usage(10, 5), price_input=0.0, price_output=0.0)
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        p = "hybrid_router_"
+        self.requests = Counter(
+            p + "requests", "Chat requests by target, decision reason source and HTTP status.",
+            ["target", "decided_by", "status"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            p + "request_duration_seconds", "End-to-end chat request latency by target.",
+            ["target", "stream"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            p + "time_to_first_token_seconds", "Time from request to first streamed token, by target.",
+            ["target"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.decode_rate = Histogram(
+            p + "decode_tokens_per_second", "Generated tokens per second after the first token, by target.",
+            ["target"], buckets=_RATE_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.decision = Histogram(
+            p + "routing_decision_seconds", "Time to classify a request and run the policies.",
+            buckets=_DECISION_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.tokens = Counter(
+            p + "tokens", "Tokens by target and direction (in = prompt, out = completion).",
+            ["target", "direction"], registry=registry,
+        )  # fmt: skip
+        self.cost = Counter(
+            p + "cost_usd", "Estimated spend in USD by target, from the configured price table.",
+            ["target"], registry=registry,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            p + "upstream_errors", "Failed target calls by target and error kind.",
+            ["target", "kind"], registry=registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(p + "in_flight_requests", "Chat requests being served now.", registry=registry)
+
+    def record_usage(self, target: str, usage: Usage, *, price_input: float, price_output: float) -> None:
+        self.tokens.labels(target, "in").inc(usage.prompt_tokens)
+        self.tokens.labels(target, "out").inc(usage.completion_tokens)
+        cost = (usage.prompt_tokens * price_input + usage.completion_tokens * price_output) / 1e6
+        if cost:
+            self.cost.labels(target).inc(cost)
+
+
+class BackendStatsCollector(Collector):
+    """Exposes each backend's ``stats()`` and readiness as gauges at scrape time."""
+
+    def __init__(self, backends: Mapping[str, Backend]) -> None:
+        self._backends = backends
+
+    def collect(self) -> Iterable[Metric]:
+        ready = GaugeMetricFamily(
+            "hybrid_router_target_ready", "1 when the target can take requests.", labels=["target"]
+        )
+        stats: dict[str, GaugeMetricFamily] = {}
+        for name, backend in self._backends.items():
+            ready.add_metric([name], 1.0 if backend.readiness().can_serve else 0.0)
+            for key, value in backend.stats().items():
+                family = stats.get(key)
+                if family is None:
+                    family = stats[key] = GaugeMetricFamily(
+                        f"hybrid_router_backend_{key}", f"Backend gauge '{key}', per target.", labels=["target"]
+                    )
+                family.add_metric([name], float(value))
+        yield ready
+        yield from stats.values()
