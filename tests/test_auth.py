@@ -2,36 +2,42 @@
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import Iterator
+
 import pytest
+from fastapi.testclient import TestClient
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from service.auth import KeyChecker, hash_key
 from service.settings import AuthSettings
 from tests.conftest import ClientFactory, chat_body, make_settings
+from tests.support.loopback import handler_app, serving_in_thread
 
 KEY = "hr-client-key-0123456789"
 
 
 @pytest.fixture
-def upstream_calls() -> list[httpx.Request]:
+def upstream_calls() -> list[Request]:
     return []
 
 
 @pytest.fixture
-def keyed_client(client_for: ClientFactory, upstream_calls: list[httpx.Request]):  # type: ignore[no-untyped-def]
-    def handler(request: httpx.Request) -> httpx.Response:
+def keyed_client(client_for: ClientFactory, upstream_calls: list[Request]) -> Iterator[TestClient]:
+    async def handler(request: Request) -> Response:
         upstream_calls.append(request)
-        return httpx.Response(200, json={"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                                      "finish_reason": "stop"}],
-                                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})  # fmt: skip
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})  # fmt: skip
 
-    settings = make_settings(
-        auth={"api_key_hashes": [hash_key(KEY)]},
-        targets={"cloud": {"type": "openai", "base_url": "http://upstream.test/v1", "model": "m"}},
-        policies=[{"type": "default", "target": "cloud"}],
-    )
-    return client_for(settings, backend_options={"cloud": {"transport": httpx.MockTransport(handler)}})
+    with serving_in_thread(handler_app(handler)) as url:
+        settings = make_settings(
+            auth={"api_key_hashes": [hash_key(KEY)]},
+            targets={"cloud": {"type": "openai", "base_url": url + "/v1", "model": "m"}},
+            policies=[{"type": "default", "target": "cloud"}],
+        )
+        yield client_for(settings)
 
 
 @pytest.mark.parametrize(

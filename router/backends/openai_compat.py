@@ -13,11 +13,10 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
-import httpx
 import orjson
 
 from router.backends.base import Capabilities, Readiness
-from router.backends.http import HttpUpstream, error_for_status, iter_sse, scrub, upstream_message
+from router.backends.http import HttpUpstream, UpstreamStream, error_for_status, iter_sse, scrub, upstream_message
 from router.chat import ChatChunk, ChatRequest, ChatResult, ChunkMaker, Usage
 from router.config import OpenAITargetConfig
 from router.errors import UpstreamProtocolError
@@ -46,7 +45,6 @@ class OpenAIBackend:
         name: str,
         config: OpenAITargetConfig,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
@@ -69,7 +67,6 @@ class OpenAIBackend:
             max_connections=config.max_connections,
             headers={"content-type": "application/json", **config.headers, **self._auth()},
             secrets=lambda: (self._key,),
-            transport=transport,
         )
 
     def _auth(self) -> dict[str, str]:
@@ -125,11 +122,11 @@ class OpenAIBackend:
         finally:
             self._inflight -= 1
 
-    async def _relay(self, response: httpx.Response, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def _relay(self, response: UpstreamStream, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         usage: Usage | None = None
         pieces = 0
         last: ChatChunk | None = None
-        async for _event, data in iter_sse(response):
+        async for _event, data in iter_sse(response.lines()):
             if data == "[DONE]":
                 break
             try:

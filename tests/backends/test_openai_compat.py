@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from router.backends.openai_compat import OpenAIBackend
 from router.chat import ChatRequest
@@ -22,23 +25,39 @@ from router.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from tests.support.loopback import Handler, handler_app, serving
+from tests.support.processes import free_port
 
 KEY = "sk-live-abcdefghijklmnopqrstuvwxyz"
-Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def config(**extra: object) -> OpenAITargetConfig:
+def config(base_url: str, **extra: object) -> OpenAITargetConfig:
     return OpenAITargetConfig.model_validate(
-        {"type": "openai", "base_url": "http://upstream.test/v1", "model": "gpt-4o-mini", "api_key_env": "K", **extra}
+        {"type": "openai", "base_url": base_url + "/v1", "model": "gpt-4o-mini", "api_key_env": "K", **extra}
     )
 
 
-async def started(handler: Handler, *, key: str | None = KEY, **extra: object) -> OpenAIBackend:
-    backend = OpenAIBackend(
-        "cloud", config(**extra), transport=httpx.MockTransport(handler), environ={"K": key} if key else {}
-    )
-    await backend.start()
-    return backend
+@asynccontextmanager
+async def upstream(handler: Handler, *, key: str | None = KEY, **extra: object) -> AsyncIterator[OpenAIBackend]:
+    """An OpenAIBackend, started, talking to ``handler`` served on loopback."""
+    async with serving(handler_app(handler)) as url:
+        backend = OpenAIBackend("cloud", config(url, **extra), environ={"K": key} if key else {})
+        await backend.start()
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
+
+
+def respond(status: int = 200, body: object = None, headers: dict[str, str] | None = None) -> Handler:
+    async def handler(request: Request) -> Response:
+        if isinstance(body, bytes):
+            return Response(body, status_code=status, headers=headers)
+        if isinstance(body, str):
+            return Response(body, status_code=status, headers=headers, media_type="text/html")
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    return handler
 
 
 def req(**extra: object) -> ChatRequest:
@@ -75,51 +94,46 @@ def chunk(content: str | None = None, finish: str | None = None, usage: object =
     return out
 
 
+def recording(seen: list[tuple[Request, bytes]], reply: Handler) -> Handler:
+    async def handler(request: Request) -> Response:
+        seen.append((request, await request.body()))
+        return await reply(request)
+
+    return handler
+
+
 async def test_sends_the_key_the_model_and_only_openai_fields() -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json=completion())
-
-    backend = await started(handler)
-    result = await backend.complete(
-        req(model="cloud", top_k=5, reasoning_effort="low", custom_thing=1, temperature=0.1)
-    )
+    seen: list[tuple[Request, bytes]] = []
+    async with upstream(recording(seen, respond(200, completion()))) as backend:
+        result = await backend.complete(
+            req(model="cloud", top_k=5, reasoning_effort="low", custom_thing=1, temperature=0.1)
+        )
 
     assert result.body["choices"][0]["message"]["content"] == "hi"
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (5, 2)
-    request = seen[0]
-    assert request.url == "http://upstream.test/v1/chat/completions"
+    request, raw = seen[0]
+    assert request.url.path == "/v1/chat/completions"
     assert request.headers["authorization"] == f"Bearer {KEY}"
-    body = json.loads(request.content)
-    assert body == {"messages": [{"role": "user", "content": "hello"}], "model": "gpt-4o-mini",
-                    "temperature": 0.1, "reasoning_effort": "low"}  # fmt: skip
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(raw) == {"messages": [{"role": "user", "content": "hello"}], "model": "gpt-4o-mini",
+                               "temperature": 0.1, "reasoning_effort": "low"}  # fmt: skip
 
 
 async def test_forward_unknown_fields_passes_extras_for_vllm() -> None:
-    seen: list[dict[str, object]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
-        return httpx.Response(200, json=completion())
-
-    backend = await started(handler, forward_unknown_fields=True)
-    await backend.complete(req(top_k=5, repetition_penalty=1.1))
-    assert seen[0]["top_k"] == 5
-    assert seen[0]["repetition_penalty"] == 1.1
+    seen: list[tuple[Request, bytes]] = []
+    async with upstream(recording(seen, respond(200, completion())), forward_unknown_fields=True) as backend:
+        await backend.complete(req(top_k=5, repetition_penalty=1.1))
+    sent = json.loads(seen[0][1])
+    assert sent["top_k"] == 5
+    assert sent["repetition_penalty"] == 1.1
 
 
-async def test_without_key_env_it_is_not_ready_and_with_no_env_configured_it_is() -> None:
-    no_key = await started(lambda r: httpx.Response(200), key=None)
-    keyless = OpenAIBackend(
-        "local", config(api_key_env=None), transport=httpx.MockTransport(lambda r: httpx.Response(200))
-    )
-    await keyless.start()
-
-    assert no_key.readiness().ready is False
-    assert no_key.readiness().reason == "no API key: K is not set"
-    assert keyless.readiness().ready is True
+async def test_readiness_follows_the_key() -> None:
+    async with upstream(respond(200, completion()), key=None) as no_key:
+        assert no_key.readiness().ready is False
+        assert no_key.readiness().reason == "no API key: K is not set"
+    async with upstream(respond(200, completion()), key=None, api_key_env=None) as keyless:
+        assert keyless.readiness().ready is True
 
 
 @pytest.mark.parametrize(
@@ -142,110 +156,136 @@ async def test_without_key_env_it_is_not_ready_and_with_no_env_configured_it_is(
 async def test_error_statuses_map_onto_our_tree(
     status: int, body: object, headers: dict[str, str], error: type[Exception], retry_after: float | None
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if isinstance(body, str):
-            return httpx.Response(status, text=body, headers=headers)
-        return httpx.Response(status, json=body, headers=headers)
-
-    backend = await started(handler)
-    for call in ("complete", "stream"):
-        with pytest.raises(error) as caught:
-            if call == "complete":
-                await backend.complete(req())
-            else:
-                async for _ in backend.stream(req()):
-                    pass
-        assert type(caught.value) is error
-        assert KEY not in caught.value.message
-        assert f"upstream returned {status}" in caught.value.message
-        assert caught.value.retry_after == retry_after
+    async with upstream(respond(status, body, headers)) as backend:
+        for call in ("complete", "stream"):
+            with pytest.raises(error) as caught:
+                if call == "complete":
+                    await backend.complete(req())
+                else:
+                    async for _ in backend.stream(req()):
+                        pass
+            assert type(caught.value) is error
+            assert KEY not in caught.value.message
+            assert f"upstream returned {status}" in caught.value.message
+            assert caught.value.retry_after == retry_after
 
 
-@pytest.mark.parametrize(
-    ("exc", "error"),
-    [
-        (httpx.ConnectError("refused"), UpstreamConnectError),
-        (httpx.ConnectTimeout("slow connect"), UpstreamTimeout),
-        (httpx.ReadTimeout("slow read"), UpstreamTimeout),
-        (httpx.RemoteProtocolError("peer closed"), UpstreamProtocolError),
-        (httpx.ReadError("reset"), UpstreamProtocolError),
-        (httpx.UnsupportedProtocol("nope"), BackendError),
-    ],
-)
-async def test_transport_errors_map_onto_our_tree(exc: Exception, error: type[Exception]) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exc
-
-    backend = await started(handler)
-    with pytest.raises(error) as caught:
+async def test_nothing_listening_is_a_connect_error() -> None:
+    backend = OpenAIBackend("cloud", config(f"http://127.0.0.1:{free_port()}"), environ={"K": KEY})
+    await backend.start()
+    with pytest.raises(UpstreamConnectError) as caught:
         await backend.complete(req())
-    assert caught.value.__cause__ is exc
+    await backend.aclose()
+    assert caught.value.message == "target cloud: cannot connect to the upstream"
+
+
+async def test_slow_first_byte_is_a_timeout() -> None:
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(2)
+        return JSONResponse(completion())
+
+    timeouts = {"connect_s": 1, "first_byte_s": 0.2, "idle_s": 0.2, "total_s": 5}
+    async with upstream(slow, timeouts=timeouts) as backend:
+        with pytest.raises(UpstreamTimeout):
+            await backend.complete(req())
+        with pytest.raises(UpstreamTimeout):
+            async for _ in backend.stream(req()):
+                pass
+
+
+async def test_stream_idle_gap_is_a_timeout() -> None:
+    async def stalls(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            yield sse(chunk("a"), done=False)
+            await asyncio.sleep(2)
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    timeouts = {"connect_s": 1, "first_byte_s": 1, "idle_s": 0.2, "total_s": 5}
+    async with upstream(stalls, timeouts=timeouts) as backend:
+        received = []
+        with pytest.raises(UpstreamTimeout):
+            async for c in backend.stream(req()):
+                received.append(c)
+    assert len(received) == 1
 
 
 @pytest.mark.parametrize("body", [b"not json", b"{}", b'{"choices": []}', b"[1]"])
 async def test_malformed_upstream_body_is_a_protocol_error(body: bytes) -> None:
-    backend = await started(lambda r: httpx.Response(200, content=body))
-    with pytest.raises(UpstreamProtocolError):
-        await backend.complete(req())
+    async with upstream(respond(200, body)) as backend:
+        with pytest.raises(UpstreamProtocolError):
+            await backend.complete(req())
 
 
 async def test_stream_relays_chunks_and_ends_with_upstream_usage() -> None:
-    seen: list[dict[str, object]] = []
+    seen: list[tuple[Request, bytes]] = []
     usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+    events = sse(chunk("Hel"), chunk("lo"), chunk(finish="stop"), chunk(usage=usage))
+    async with upstream(recording(seen, respond(200, events, {"content-type": "text/event-stream"}))) as backend:
+        chunks = [c async for c in backend.stream(req())]
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
-        body = sse(chunk("Hel"), chunk("lo"), chunk(finish="stop"), chunk(usage=usage))
-        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-
-    backend = await started(handler)
-    chunks = [c async for c in backend.stream(req())]
-
-    assert seen[0]["stream"] is True
-    assert seen[0]["stream_options"] == {"include_usage": True}
+    sent = json.loads(seen[0][1])
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
     assert [c["choices"][0]["delta"].get("content") for c in chunks[:-1]] == ["Hel", "lo", None]
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"] == usage
 
 
 async def test_stream_without_usage_estimates_it() -> None:
-    body = sse(chunk("a"), chunk("b"), chunk(finish="stop"))
-    backend = await started(lambda r: httpx.Response(200, content=body))
-    chunks = [c async for c in backend.stream(req())]
+    async with upstream(respond(200, sse(chunk("a"), chunk("b"), chunk(finish="stop")))) as backend:
+        chunks = [c async for c in backend.stream(req())]
     assert chunks[-1]["usage"]["completion_tokens"] == 3
 
 
 async def test_stream_cut_before_done_is_a_protocol_error() -> None:
-    backend = await started(lambda r: httpx.Response(200, content=sse(chunk("a"), done=False)))
-    received = []
-    with pytest.raises(UpstreamProtocolError, match="before \\[DONE\\]"):
-        async for c in backend.stream(req()):
-            received.append(c)
+    async def cut(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            yield sse(chunk("a"), done=False)
+            raise ConnectionResetError("upstream crashed")
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async with upstream(cut) as backend:
+        received = []
+        with pytest.raises(UpstreamProtocolError):
+            async for c in backend.stream(req()):
+                received.append(c)
     assert len(received) == 1
 
 
+async def test_stream_closed_cleanly_before_done_is_a_protocol_error() -> None:
+    async with upstream(respond(200, sse(chunk("a"), done=False))) as backend:
+        with pytest.raises(UpstreamProtocolError, match="before \\[DONE\\]"):
+            async for _ in backend.stream(req()):
+                pass
+
+
 async def test_error_event_inside_a_stream_is_raised() -> None:
-    body = sse(chunk("a")).replace(b"data: [DONE]\n\n", b"") + b'data: {"error": {"message": "overloaded"}}\n\n'
-    backend = await started(lambda r: httpx.Response(200, content=body))
-    with pytest.raises(BackendError, match="overloaded"):
-        async for _ in backend.stream(req()):
-            pass
+    body = sse(chunk("a"), done=False) + b'data: {"error": {"message": "overloaded"}}\n\n'
+    async with upstream(respond(200, body)) as backend:
+        with pytest.raises(BackendError, match="overloaded"):
+            async for _ in backend.stream(req()):
+                pass
 
 
 async def test_stream_is_relayed_as_it_arrives_not_buffered() -> None:
-    """The first chunk reaches us while the upstream is still producing the rest."""
-    produced: list[int] = []
+    """The first chunk reaches us while the upstream is still holding back the rest."""
+    release = asyncio.Event()
 
-    class Upstream(httpx.AsyncByteStream):
-        async def __aiter__(self) -> Iterator[bytes]:  # type: ignore[override]
-            for i in range(3):
-                produced.append(i)
-                yield b"data: " + json.dumps(chunk(str(i))).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
+    async def slow(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            yield sse(chunk("0"), done=False)
+            await release.wait()
+            yield sse(chunk("1"))
 
-    backend = await started(lambda r: httpx.Response(200, stream=Upstream()))
-    stream = backend.stream(req())
-    first = await anext(stream)
-    assert first["choices"][0]["delta"]["content"] == "0"
-    assert produced == [0]
-    await stream.aclose()
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async with upstream(slow) as backend:
+        stream = backend.stream(req())
+        first = await asyncio.wait_for(anext(stream), timeout=2)
+        assert first["choices"][0]["delta"]["content"] == "0"
+        release.set()
+        rest = [c async for c in stream]
+    assert rest[0]["choices"][0]["delta"]["content"] == "1"
