@@ -20,7 +20,12 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, 
 
 __all__ = [
     "TARGET_TYPES",
+    "AnthropicTargetConfig",
+    "AzureOpenAITargetConfig",
+    "BedrockTargetConfig",
     "Capability",
+    "GeminiTargetConfig",
+    "VertexTargetConfig",
     "FakeTargetConfig",
     "OnnxTargetConfig",
     "OpenAITargetConfig",
@@ -70,7 +75,16 @@ class _TargetCommon(_Strict):
     context_window: Annotated[int, Field(ge=1)] | None = None
 
 
-class OpenAITargetConfig(_TargetCommon):
+class _CloudCommon(_TargetCommon):
+    """What every HTTP (cloud) target has."""
+
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_connections: Annotated[int, Field(ge=1)] = 100
+    quality: Annotated[float, Field(ge=0, le=1)] = 0.9
+    latency_ms: Annotated[float, Field(gt=0)] = 800.0
+
+
+class OpenAITargetConfig(_CloudCommon):
     """Any OpenAI-compatible endpoint: OpenAI itself, vLLM, Ollama, LM Studio."""
 
     type: Literal["openai"]
@@ -80,14 +94,10 @@ class OpenAITargetConfig(_TargetCommon):
         default=None, description="Env var holding the API key; unset for keyless local servers."
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Static extra headers (not secrets).")
-    timeouts: Timeouts = Field(default_factory=Timeouts)
-    max_connections: Annotated[int, Field(ge=1)] = 100
     forward_unknown_fields: bool = Field(
         default=False,
         description="Send request fields OpenAI does not document (vLLM's top_k, ...). OpenAI itself rejects them.",
     )
-    quality: Annotated[float, Field(ge=0, le=1)] = 0.9
-    latency_ms: Annotated[float, Field(gt=0)] = 800.0
 
     @field_validator("headers")
     @classmethod
@@ -96,6 +106,77 @@ class OpenAITargetConfig(_TargetCommon):
             if name.lower() in ("authorization", "api-key", "x-api-key"):
                 raise ValueError(f"{name} must not be set in config; name the env var in api_key_env")
         return value
+
+
+class AzureOpenAITargetConfig(_CloudCommon):
+    """Azure OpenAI: ``{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...``.
+
+    Auth is an ``api-key`` header from ``api_key_env``, or a Microsoft Entra ID
+    bearer token from ``azure-identity``'s default credential chain.
+    """
+
+    type: Literal["azure_openai"]
+    endpoint: AnyHttpUrl = Field(description="https://{resource}.openai.azure.com")
+    deployment: str
+    api_version: str = "2024-10-21"
+    auth: Literal["api_key", "entra_id"] = "api_key"
+    api_key_env: str = "AZURE_OPENAI_API_KEY"
+    entra_scope: str = "https://cognitiveservices.azure.com/.default"
+    model: str | None = Field(default=None, description="Reported model name; the deployment's name when unset.")
+
+
+class BedrockTargetConfig(_CloudCommon):
+    """AWS Bedrock Runtime Converse / ConverseStream, signed with SigV4 by botocore.
+
+    Credentials come from botocore's standard chain (env vars, shared
+    config/credentials files and ``profile``, SSO, container and instance roles).
+    """
+
+    type: Literal["bedrock"]
+    region: str
+    model_id: str = Field(description="e.g. anthropic.claude-3-5-sonnet-20240620-v1:0 or meta.llama3-70b-instruct-v1:0")
+    profile: str | None = None
+    endpoint_url: AnyHttpUrl | None = Field(
+        default=None, description="Override https://bedrock-runtime.{region}.amazonaws.com (VPC endpoints)."
+    )
+
+
+class GeminiTargetConfig(_CloudCommon):
+    """Google Gemini API: ``{base_url}/v1beta/models/{model}:generateContent``."""
+
+    type: Literal["gemini"]
+    model: str
+    api_key_env: str = "GEMINI_API_KEY"
+    base_url: AnyHttpUrl = AnyHttpUrl("https://generativelanguage.googleapis.com")
+    api_version: str = "v1beta"
+
+
+class VertexTargetConfig(_CloudCommon):
+    """Google Vertex AI ``generateContent`` on a publisher model, with OAuth from google-auth.
+
+    Credentials: ``credentials_file`` (a service-account JSON) when set, else
+    application default credentials.
+    """
+
+    type: Literal["vertex"]
+    project: str
+    region: str
+    model: str
+    credentials_file: str | None = None
+    base_url: AnyHttpUrl | None = Field(default=None, description="Override https://{region}-aiplatform.googleapis.com")
+
+
+class AnthropicTargetConfig(_CloudCommon):
+    """Anthropic Messages API: ``{base_url}/v1/messages``."""
+
+    type: Literal["anthropic"]
+    model: str
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    base_url: AnyHttpUrl = AnyHttpUrl("https://api.anthropic.com")
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: Annotated[int, Field(ge=1)] = Field(
+        default=1024, description="Anthropic requires max_tokens; used when the request sets none."
+    )
 
 
 class OnnxTargetConfig(_TargetCommon):
@@ -142,9 +223,25 @@ class FakeTargetConfig(_TargetCommon):
     local: bool = True
 
 
-_TARGET_MODELS = (OpenAITargetConfig, OnnxTargetConfig, FakeTargetConfig)
+_TARGET_MODELS = (
+    OpenAITargetConfig,
+    AzureOpenAITargetConfig,
+    BedrockTargetConfig,
+    GeminiTargetConfig,
+    VertexTargetConfig,
+    AnthropicTargetConfig,
+    OnnxTargetConfig,
+    FakeTargetConfig,
+)
 TargetConfig = Annotated[
-    OpenAITargetConfig | OnnxTargetConfig | FakeTargetConfig,
+    OpenAITargetConfig
+    | AzureOpenAITargetConfig
+    | BedrockTargetConfig
+    | GeminiTargetConfig
+    | VertexTargetConfig
+    | AnthropicTargetConfig
+    | OnnxTargetConfig
+    | FakeTargetConfig,
     Field(discriminator="type"),
 ]
 TARGET_TYPES: frozenset[str] = frozenset(m.model_fields["type"].annotation.__args__[0] for m in _TARGET_MODELS)  # type: ignore[union-attr]

@@ -19,6 +19,11 @@ __all__ = ["BACKEND_TYPES", "create_backend"]
 # type -> "module:Class"; each class takes (name, config, **injected).
 BACKEND_TYPES: Mapping[str, str] = {
     "openai": "router.backends.openai_compat:OpenAIBackend",
+    "azure_openai": "router.backends.azure_openai:AzureOpenAIBackend",
+    "bedrock": "router.backends.bedrock:BedrockBackend",
+    "gemini": "router.backends.gemini:GeminiBackend",
+    "vertex": "router.backends.vertex:VertexBackend",
+    "anthropic": "router.backends.anthropic:AnthropicBackend",
     "onnx": "router.backends.edge:EdgeBackend",
 }
 
