@@ -7,7 +7,8 @@ Steps, each shown as it runs:
 3. export ONNX with ``onnxruntime_genai.models.builder`` (a subprocess), using
    the recipe measured best for the precision (:data:`RECIPES`);
 4. load the result and generate a few tokens;
-5. move it into place atomically, with a ``build.json`` manifest.
+5. move it into place atomically, with a ``build.json`` manifest;
+6. build the classifier's sentence encoders next to it (:func:`build_encoder`).
 
 Builds are idempotent: a model already in place is left alone unless
 ``force`` is set. Torch and transformers only ever load in the subprocesses.
@@ -33,6 +34,7 @@ from edge_models.catalog import (
     KnownModel,
     Precision,
     check_model_folder,
+    default_models_dir,
     model_dir,
 )
 from edge_models.errors import EdgeModelError, MissingDependency, ModelNotFound
@@ -183,10 +185,38 @@ def _smoke_test(folder: Path) -> str:
     return text
 
 
+def build_encoder(*, out: Path | None = None, force: bool = False, progress: Progress = print) -> Path:
+    """Build the classifier's sentence encoders (:mod:`edge_models.encoders`) next to the models."""
+    from edge_models.encoders import ENCODER_DIR_NAME
+
+    target = out or default_models_dir() / ENCODER_DIR_NAME
+    if (target / "build.json").is_file() and not force:
+        progress(f"the sentence encoder is already built at {target}; use --force to rebuild")
+        return target
+    work = target.parent / f".build-{target.name}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    progress("[encoder] exporting all-minilm-l6-v2 to ONNX and distilling its static table")
+    try:
+        _run("encoder build", [sys.executable, "-m", "edge_models.encoders", "--out", str(work)],
+             target.parent / f".{target.name}.log", progress)  # fmt: skip
+        manifest = json.loads((work / "build.json").read_text())
+        if target.exists():
+            shutil.rmtree(target)
+        work.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    progress(f"built the sentence encoder at {target}: onnx {manifest['onnx']['precision']}, "
+             f"static {manifest['static']['dims']} dims")  # fmt: skip
+    return target
+
+
 def build_cli(precision: str | None, out: str | None, force: bool) -> int:
     chosen: Precision = precision or DEFAULT_PRECISION  # type: ignore[assignment]
     try:
         build_model(DEFAULT_MODEL, chosen, out=Path(out) if out else None, force=force)
+        if out is None:
+            build_encoder(force=force)
     except EdgeModelError as exc:
         print(f"edge build failed: {exc}", file=sys.stderr)
         return 1

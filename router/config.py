@@ -24,7 +24,9 @@ __all__ = [
     "AzureOpenAITargetConfig",
     "BedrockTargetConfig",
     "Capability",
+    "ClassifierConfig",
     "GeminiTargetConfig",
+    "SemanticRouteConfig",
     "VertexTargetConfig",
     "FakeTargetConfig",
     "OnnxTargetConfig",
@@ -248,6 +250,55 @@ TARGET_TYPES: frozenset[str] = frozenset(m.model_fields["type"].annotation.__arg
 """Every valid target ``type``."""
 
 
+class SemanticRouteConfig(_Strict):
+    """A named kind of request, defined by example utterances.
+
+    A request matches the route whose closest example is most similar to it,
+    if that similarity (cosine, -1..1) reaches ``threshold``; else "no match".
+    """
+
+    name: Annotated[str, Field(min_length=1)]
+    examples: Annotated[list[str], Field(min_length=1)]
+    threshold: Annotated[float, Field(ge=-1, le=1)] | None = None
+
+
+class ClassifierConfig(_Strict):
+    """How requests are classified before the policies run."""
+
+    deadline_ms: Annotated[float, Field(gt=0)] = Field(
+        default=50.0,
+        description="Budget for the model-based parts; past it, personal data is assumed and difficulty is rule-based.",
+    )
+    encoder: Literal["static", "minilm"] = Field(
+        default="static",
+        description="static: distilled MiniLM token table (microseconds); minilm: the full ONNX encoder (ms).",
+    )
+    encoder_dir: str | None = Field(default=None, description="Default: <models_dir>/all-minilm-l6-v2.")
+    encoder_max_tokens: Annotated[int, Field(ge=8, le=512)] = Field(
+        default=128, description="Tokens the full MiniLM encoder reads (the static one reads the whole clipped text)."
+    )
+    difficulty_head: str | None = Field(
+        default="default",
+        description="'default' (shipped, trained for the default edge model), a head .onnx path, or null for rules.",
+    )
+    route_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
+        default=0.5, description="Similarity a semantic route needs when it sets no threshold of its own."
+    )
+    routes: list[SemanticRouteConfig] = Field(default_factory=list)
+    phone_regions: list[str] = Field(
+        default_factory=lambda: ["US", "GB", "DE", "FR", "IN", "CN", "JP", "BR", "ES", "IT", "CA", "AU"],
+        description="Regions whose national phone formats are recognised without a +country prefix.",
+    )
+
+    @field_validator("routes")
+    @classmethod
+    def _unique_routes(cls, value: list[SemanticRouteConfig]) -> list[SemanticRouteConfig]:
+        names = [route.name for route in value]
+        if len(names) != len(set(names)):
+            raise ValueError(f"route names must be unique: {names}")
+        return value
+
+
 class RouterConfig(BaseModel):
     """Targets and the ordered policy chain."""
 
@@ -258,6 +309,7 @@ class RouterConfig(BaseModel):
         default_factory=lambda: [{"type": "explicit"}],
         description="Evaluated in order; each item has a `type` and that policy's options.",
     )
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
 
     @field_validator("targets")
     @classmethod

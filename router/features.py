@@ -1,30 +1,27 @@
 """Request features: computed once per request, read by every policy.
 
-Scoring and deciding are kept apart: this module only measures the request;
-:mod:`router.policies` decide what to do with the numbers.
+Scoring and deciding are kept apart: :class:`router.classify.classifier.RequestClassifier`
+measures the request into a :class:`Features`; :mod:`router.policies` decide
+what to do with the numbers.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.chat import ChatRequest
-from router.classify.personal_data import PersonalDataDetector, RegexDetector, Span
-from router.tokens import EstimateCounter, TokenCounter
+from router.classify.personal_data import Span
+from router.classify.semantic import RouteMatch
 
-__all__ = ["FeatureExtractor", "Features", "PersonalData"]
-
-log = logging.getLogger("hybrid_router.features")
+__all__ = ["Difficulty", "Features", "PersonalData"]
 
 
 @dataclass(frozen=True, slots=True)
 class PersonalData:
     """What the personal-data detector found.
 
-    ``error`` is set when the detector failed; the request is then treated as
-    containing personal data (``found`` is True): failing closed.
+    ``error`` is set when the detector failed or ran out of time; the request
+    is then treated as containing personal data (``found`` is True): failing closed.
     """
 
     found: bool
@@ -47,6 +44,17 @@ class PersonalData:
 
 
 @dataclass(frozen=True, slots=True)
+class Difficulty:
+    """P(the edge model's answer would be worse than the cloud's), and where it came from."""
+
+    score: float
+    source: str  # "head:<encoder>" for the trained head, "rules" for the fallback
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": round(self.score, 4), "source": self.source}
+
+
+@dataclass(frozen=True, slots=True)
 class Features:
     """Everything policies may look at about one request."""
 
@@ -60,6 +68,14 @@ class Features:
     has_images: bool
     stream: bool
     personal_data: PersonalData = field(default_factory=lambda: PersonalData(found=False))
+    has_code: bool = False
+    has_math: bool = False
+    language: str | None = None
+    semantic: RouteMatch | None = None
+    difficulty: Difficulty | None = None
+    # Anything the classifier wants the trail to say, e.g. that it fell back to rules.
+    notes: tuple[str, ...] = ()
+    classifier_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,39 +89,11 @@ class Features:
             "has_images": self.has_images,
             "stream": self.stream,
             "personal_data": self.personal_data.to_dict(),
+            "has_code": self.has_code,
+            "has_math": self.has_math,
+            "language": self.language,
+            "semantic": self.semantic.to_dict() if self.semantic else None,
+            "difficulty": self.difficulty.to_dict() if self.difficulty else None,
+            "notes": list(self.notes),
+            "classifier_ms": round(self.classifier_ms, 3),
         }
-
-
-class FeatureExtractor:
-    """Computes :class:`Features` with an injected token counter and detector."""
-
-    def __init__(
-        self,
-        *,
-        token_counter: TokenCounter | None = None,
-        detector: PersonalDataDetector | None = None,
-    ) -> None:
-        self.token_counter: TokenCounter = token_counter or EstimateCounter()
-        self.detector: PersonalDataDetector = detector or RegexDetector()
-
-    def extract(self, request: ChatRequest) -> Features:
-        return Features(
-            prompt_tokens=self.token_counter.count(request),
-            token_counter=self.token_counter.name,
-            prompt_chars=len(request.prompt_text),
-            message_count=len(request.messages),
-            max_tokens=request.effective_max_tokens,
-            wants_tools=bool(request.tools),
-            wants_json=request.wants_json,
-            has_images=request.has_images,
-            stream=request.stream,
-            personal_data=self._personal_data(request.prompt_text),
-        )
-
-    def _personal_data(self, text: str) -> PersonalData:
-        try:
-            spans = tuple(self.detector.detect(text))
-        except Exception as exc:
-            log.warning("personal-data detector failed; treating request as personal", exc_info=exc)
-            return PersonalData(found=True, detector=self.detector.name, error=type(exc).__name__)
-        return PersonalData(found=bool(spans), spans=spans, detector=self.detector.name)

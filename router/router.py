@@ -23,8 +23,10 @@ from typing import Any
 
 from router.backends.base import Backend, Readiness
 from router.chat import ChatRequest
+from router.classify.classifier import RequestClassifier
+from router.classify.redaction import RedactingBackend
 from router.errors import BackendBusy, HybridRouterError, NoTargetAvailable, PolicyViolation, UnknownModel
-from router.features import FeatureExtractor, Features
+from router.features import Features
 from router.policies.base import Policy, RoutingContext, Tally, TargetView, Verdict
 
 __all__ = ["AUTO", "Decision", "Router", "TargetProfile", "TrailEntry"]
@@ -60,23 +62,26 @@ class Decision:
     target: str | None
     reason: str
     decided_by: str
-    features: Features
+    features: Features | None
     trail: Sequence[TrailEntry]
     config_version: str
     decision_ms: float
     error: HybridRouterError | None = None
     skipped: Mapping[str, str] = field(default_factory=dict)
+    # True when personal data must be redacted on the way to the chosen (non-local) target.
+    redact: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "target": self.target,
             "reason": self.reason,
             "decided_by": self.decided_by,
-            "features": self.features.to_dict(),
+            "features": self.features.to_dict() if self.features else None,
             "trail": [entry.to_dict() for entry in self.trail],
             "skipped": dict(self.skipped),
             "config_version": self.config_version,
             "decision_ms": round(self.decision_ms, 3),
+            "redact": self.redact,
         }
         if self.error is not None:
             out["error"] = self.error.to_openai()["error"]
@@ -96,7 +101,9 @@ class Router:
     >>> from router.policies.base import TargetCatalog
     >>> edge = ScriptedBackend("edge")
     >>> router = Router(backends={"edge": edge}, policies=[])
-    >>> router.decide(ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})).target
+    >>> import asyncio
+    >>> request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+    >>> asyncio.run(router.decide(request)).target
     'edge'
     """
 
@@ -106,7 +113,7 @@ class Router:
         backends: Mapping[str, Backend],
         policies: Sequence[Policy],
         profiles: Mapping[str, TargetProfile] | None = None,
-        extractor: FeatureExtractor | None = None,
+        classifier: RequestClassifier | None = None,
         config_version: str = "unversioned",
         latency_alpha: float = 0.2,
     ) -> None:
@@ -115,7 +122,7 @@ class Router:
         self.backends = dict(backends)
         self.policies = list(policies)
         self.profiles = {name: (profiles or {}).get(name, TargetProfile()) for name in self.backends}
-        self.extractor = extractor or FeatureExtractor()
+        self.classifier = classifier or RequestClassifier()
         self.config_version = config_version
         self._alpha = latency_alpha
         self._latency: dict[str, float] = {}
@@ -149,18 +156,10 @@ class Router:
             )
         return views
 
-    def decide(self, request: ChatRequest) -> Decision:
+    async def decide(self, request: ChatRequest) -> Decision:
+        """Classify ``request``, run the policies and resolve: never raises for a routing outcome."""
         started = time.perf_counter()
-        features = self.extractor.extract(request)
         trail: list[TrailEntry] = []
-        tally = Tally()
-        views = self.target_views()
-        skipped: dict[str, str] = {}
-
-        def done(target: str | None, reason: str, by: str, error: HybridRouterError | None = None) -> Decision:
-            elapsed = (time.perf_counter() - started) * 1000
-            return Decision(target, reason, by, features, trail, self.config_version, elapsed, error, skipped)
-
         pinned: str | None = None
         if request.model != AUTO:
             pinned = self._names.get(request.model)
@@ -169,8 +168,20 @@ class Router:
                     f"The model {request.model!r} does not exist; use one of: {', '.join(self.model_names)}",
                     param="model",
                 )
-                return done(None, "unknown model", "router", error)
+                elapsed = (time.perf_counter() - started) * 1000
+                return Decision(None, "unknown model", "router", None, trail, self.config_version, elapsed, error)
+        features = await self.classifier.classify(request)
+        return self.resolve(request, features, pinned, started, trail)
 
+    def resolve(
+        self, request: ChatRequest, features: Features, pinned: str | None, started: float, trail: list[TrailEntry]
+    ) -> Decision:
+        """Run the policies over already computed features."""
+        tally = Tally()
+        views = self.target_views()
+        skipped: dict[str, str] = {}
+        for note in features.notes:
+            trail.append(TrailEntry("classifier", note, {}))
         verdicts: list[tuple[str, Verdict]] = []
         for policy in self.policies:
             verdict = policy.evaluate(RoutingContext(request, features, views, pinned, tally))
@@ -178,11 +189,24 @@ class Router:
             verdicts.append((policy.name, verdict))
             trail.append(TrailEntry(policy.name, verdict.reason, verdict.to_dict()))
 
+        def elapsed() -> float:
+            return (time.perf_counter() - started) * 1000
+
         try:
             target, reason, by = _Resolution(tally, views, verdicts, skipped).resolve()
         except _Unroutable as exc:
-            return done(None, exc.error.message, exc.decided_by, exc.error)
-        return done(target, reason, by)
+            return Decision(None, exc.error.message, exc.decided_by, features, trail, self.config_version, elapsed(),
+                            exc.error, skipped)  # fmt: skip
+        redact = tally.redact and not views[target].capabilities.local
+        return Decision(target, reason, by, features, trail, self.config_version, elapsed(), None, skipped, redact)
+
+    def backend_for(self, decision: Decision) -> Backend:
+        """The backend that serves ``decision``: wrapped to redact and restore when it says so."""
+        assert decision.target is not None
+        backend = self.backends[decision.target]
+        if decision.redact:
+            return RedactingBackend(backend, self.classifier.detector)
+        return backend
 
 
 def _apply(tally: Tally, verdict: Verdict) -> None:
@@ -194,6 +218,7 @@ def _apply(tally: Tally, verdict: Verdict) -> None:
         tally.preferred = verdict.prefer
     for name, score in verdict.scores.items():
         tally.scores[name] = tally.scores.get(name, 0.0) + score
+    tally.redact = tally.redact or verdict.redact
 
 
 @dataclass

@@ -124,7 +124,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         chat = await _parse(request, gateway)
         outcome.stream = chat.stream
-        backend = gateway.backends[_decide(request, gateway, chat, outcome, request_id)]
+        backend = await _decide(request, gateway, chat, outcome, request_id)
         if not chat.stream:
             return await _complete(request, gateway, backend, chat, outcome)
         response = await _stream(request, gateway, backend, chat, outcome)
@@ -154,8 +154,8 @@ async def _parse(request: Request, gateway: Gateway) -> ChatRequest:
     return chat
 
 
-def _decide(request: Request, gateway: Gateway, chat: ChatRequest, outcome: _Outcome, request_id: str) -> str:
-    decision = gateway.router.decide(chat)
+async def _decide(request: Request, gateway: Gateway, chat: ChatRequest, outcome: _Outcome, request_id: str) -> Backend:
+    decision = await gateway.router.decide(chat)
     gateway.metrics.decision.observe(decision.decision_ms / 1000)
     request.state.route_headers = route_headers(decision, request_id)
     outcome.decided_by, outcome.reason = decision.decided_by, decision.reason
@@ -163,7 +163,7 @@ def _decide(request: Request, gateway: Gateway, chat: ChatRequest, outcome: _Out
         raise decision.error
     assert decision.target is not None
     outcome.target = decision.target
-    return decision.target
+    return gateway.router.backend_for(decision)
 
 
 def _record_failure(gateway: Gateway, outcome: _Outcome, exc: HybridRouterError) -> None:
@@ -307,7 +307,7 @@ async def dry_run_route(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     request.state.request_id = request_id = request_id_for(request)
     chat = await _parse(request, gateway)
-    decision = gateway.router.decide(chat)
+    decision = await gateway.router.decide(chat)
     body = decision.to_dict()
     body["request_id"] = request_id
     return Response(orjson.dumps(body), media_type="application/json", headers={"x-request-id": request_id})

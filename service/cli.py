@@ -5,6 +5,7 @@
     hybrid-router route [--config FILE] < request.json
     hybrid-router auth hash KEY
     hybrid-router edge build [--precision P] [--out DIR] [--force]
+    hybrid-router router train | eval | calibrate ...   (see router/training/cli.py)
 
 Each subcommand imports what it needs when it runs, so ``--help`` is instant
 and ``edge build`` alone pulls in the build-only dependencies.
@@ -77,7 +78,7 @@ def _route(args: argparse.Namespace) -> int:
     async def decide() -> dict[str, object]:
         await gateway.start()
         try:
-            return gateway.router.decide(chat).to_dict()
+            return (await gateway.router.decide(chat)).to_dict()
         finally:
             await gateway.aclose()
 
@@ -128,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--out", help="output folder (default: the model cache)")
     build.add_argument("--force", action="store_true", help="rebuild even if the model exists")
     build.set_defaults(handler=_edge_build)
+
+    from router.training.cli import add_router_commands
+
+    add_router_commands(commands)
     return parser
 
 

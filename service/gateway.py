@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry
 
 from router.backends.base import Backend
 from router.backends.registry import create_backend
-from router.features import FeatureExtractor
+from router.classify.build import ClassifierPlan, build_classifier, plan_classifier
 from router.policies.base import TargetCatalog
-from router.policies.registry import build_policies
+from router.policies.registry import build_policies, policy_requirements
 from router.router import Router, TargetProfile
 from router.tokens import TokenCounter
 from service.auth import KeyChecker
@@ -38,6 +38,7 @@ class Gateway:
     router: Router
     metrics: GatewayMetrics
     auth: KeyChecker
+    classifier_plan: ClassifierPlan | None = None
 
     @property
     def backends(self) -> Mapping[str, Backend]:
@@ -71,7 +72,9 @@ class Gateway:
             if name in backends
         }
         router = Router(backends=backends, policies=[], profiles=profiles, config_version=settings.config_version)
-        router.policies = build_policies(settings.policies, TargetCatalog(router.target_views()))
+        routes = tuple(route.name for route in settings.classifier.routes)
+        router.policies = build_policies(settings.policies, TargetCatalog(router.target_views(), routes))
+        plan = plan_classifier(settings.classifier, policy_requirements(router.policies))
         registry = registry if registry is not None else CollectorRegistry()
         registry.register(BackendStatsCollector(router.backends))
         return cls(
@@ -79,18 +82,24 @@ class Gateway:
             router=router,
             metrics=GatewayMetrics(registry),
             auth=KeyChecker.from_settings(settings.auth, environ),
+            classifier_plan=plan,
         )
 
     async def start(self) -> None:
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
         counter = self._exact_token_counter()
-        if counter is not None:
-            self.router.extractor = FeatureExtractor(token_counter=counter, detector=self.router.extractor.detector)
+        if self.classifier_plan is not None:
+            self.router.classifier = await asyncio.to_thread(
+                build_classifier, self.classifier_plan, token_counter=counter
+            )
+        elif counter is not None:
+            self.router.classifier.token_counter = counter
         for name, backend in self.backends.items():
             state = backend.readiness()
             log.info("target %s: %s", name, state.reason, extra={"target": name, "ready": state.ready})
 
     async def aclose(self) -> None:
+        self.router.classifier.close()
         results = await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
         for name, result in zip(self.backends, results, strict=True):
             if isinstance(result, BaseException):

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from router.config import TARGET_TYPES, RouterConfig, TargetConfig
+from router.config import TARGET_TYPES, ClassifierConfig, RouterConfig, TargetConfig
 from router.errors import ConfigError
 
 __all__ = [
@@ -108,6 +108,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     targets: dict[str, TargetConfig]
     policies: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "explicit"}])
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -124,7 +125,7 @@ class Settings(BaseSettings):
         return sources
 
     def router_config(self) -> RouterConfig:
-        return RouterConfig(targets=self.targets, policies=self.policies)
+        return RouterConfig(targets=self.targets, policies=self.policies, classifier=self.classifier)
 
     @property
     def config_version(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from pathlib import Path
 
@@ -103,14 +104,14 @@ def test_unknown_policy_lists_the_valid_ones(tmp_path: Path) -> None:
         Gateway.from_settings(settings)
     assert caught.value.message == (
         "policies[0].type: unknown policy type 'privcy'; valid types: capability, context_window, default, "
-        "explicit, privacy, weighted, or an import path 'module:Class'"
+        "difficulty, explicit, privacy, semantic, weighted, or an import path 'module:Class'"
     )
 
 
 @pytest.mark.parametrize(
     ("policies", "message"),
     [
-        ("[{type: privacy, on_personal_data: cloud}]", "policies[0] (privacy): policies[0].on_personal_data: Input should be 'edge' or 'reject'"),
+        ("[{type: privacy, on_personal_data: cloud}]", "policies[0] (privacy): policies[0].on_personal_data: Input should be 'edge', 'redact' or 'reject'"),
         ("[{type: default, target: gpu}]", "policies[0].target: unknown target 'gpu'; configured targets: e"),
         ("[{type: default}]", "policies[0] (default): policies[0].target: Field required"),
         ("[{type: explicit, extra: 1}]", "policies[0].extra: Extra inputs are not permitted"),
@@ -130,7 +131,8 @@ def test_custom_policy_loads_by_import_path(tmp_path: Path) -> None:
 
     from router.chat import ChatRequest
 
-    decision = gateway.router.decide(ChatRequest.model_validate({"messages": [{"role": "user", "content": "x"}]}))
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "x"}]})
+    decision = asyncio.run(gateway.router.decide(request))
     assert (decision.target, decision.reason) == ("f", "custom policy likes f")
 
 
@@ -145,7 +147,9 @@ def test_custom_policy_loads_from_entry_point(tmp_path: Path, monkeypatch: pytes
     gateway = Gateway.from_settings(load_settings(write(tmp_path, text)))
 
     assert [type(p).__name__ for p in gateway.router.policies] == ["PreferTarget"]
-    with pytest.raises(ConfigError, match="valid types: capability, context_window, default, explicit, night"):
+    with pytest.raises(
+        ConfigError, match="valid types: capability, context_window, default, difficulty, explicit, night"
+    ):
         Gateway.from_settings(load_settings(write(tmp_path, "targets: {e: {type: fake}}\npolicies: [{type: nite}]\n")))
 
 

@@ -41,8 +41,8 @@ def req(**extra: object) -> ChatRequest:
     return ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], **extra})
 
 
-def test_no_policies_picks_the_first_configured_target() -> None:
-    decision = make_router().decide(req())
+async def test_no_policies_picks_the_first_configured_target() -> None:
+    decision = await make_router().decide(req())
     assert (decision.target, decision.decided_by, decision.reason) == (
         "edge",
         "order",
@@ -50,10 +50,10 @@ def test_no_policies_picks_the_first_configured_target() -> None:
     )
 
 
-def test_trail_lists_every_verdict_in_order_with_config_version() -> None:
+async def test_trail_lists_every_verdict_in_order_with_config_version() -> None:
     a = Says(Verdict(reason="a abstains"), name="a")
     b = Says(Verdict(reason="b forbids edge", forbid={"edge": "too small"}), name="b")
-    decision = make_router(a, b).decide(req())
+    decision = await make_router(a, b).decide(req())
 
     assert [entry.to_dict() for entry in decision.trail] == [
         {"policy": "a", "reason": "a abstains"},
@@ -65,8 +65,8 @@ def test_trail_lists_every_verdict_in_order_with_config_version() -> None:
     assert (decision.decided_by, decision.reason) == ("b", "b forbids edge")
 
 
-def test_require_wins_over_scores_and_preferences() -> None:
-    decision = make_router(
+async def test_require_wins_over_scores_and_preferences() -> None:
+    decision = await make_router(
         Says(Verdict(reason="scores", scores={"edge": 5.0}), name="s"),
         Says(Verdict(reason="needs cloud", require="cloud"), name="r"),
         Says(Verdict(reason="likes edge", prefer="edge"), name="p"),
@@ -74,8 +74,8 @@ def test_require_wins_over_scores_and_preferences() -> None:
     assert (decision.target, decision.decided_by) == ("cloud", "r")
 
 
-def test_required_but_forbidden_is_a_policy_violation_naming_the_vetoing_policy() -> None:
-    decision = make_router(
+async def test_required_but_forbidden_is_a_policy_violation_naming_the_vetoing_policy() -> None:
+    decision = await make_router(
         Says(Verdict(reason="pinned", require="cloud"), name="explicit"),
         Says(Verdict(reason="private", forbid={"cloud": "personal data"}), name="privacy"),
     ).decide(req())
@@ -84,16 +84,16 @@ def test_required_but_forbidden_is_a_policy_violation_naming_the_vetoing_policy(
     assert decision.target is None
 
 
-def test_scores_sum_across_policies_and_the_biggest_margin_explains() -> None:
-    decision = make_router(
+async def test_scores_sum_across_policies_and_the_biggest_margin_explains() -> None:
+    decision = await make_router(
         Says(Verdict(reason="small nudge to edge", scores={"edge": 0.2, "cloud": 0.1}), name="small"),
         Says(Verdict(reason="big push to cloud", scores={"edge": 0.0, "cloud": 0.9}), name="big"),
     ).decide(req())
     assert (decision.target, decision.decided_by, decision.reason) == ("cloud", "big", "big push to cloud")
 
 
-def test_preferred_target_that_is_not_ready_falls_back_with_the_reason() -> None:
-    decision = make_router(
+async def test_preferred_target_that_is_not_ready_falls_back_with_the_reason() -> None:
+    decision = await make_router(
         Says(Verdict(reason="default cloud", prefer="cloud"), name="default"),
         cloud=Readiness(False, reason="no API key"),
     ).decide(req())
@@ -101,16 +101,16 @@ def test_preferred_target_that_is_not_ready_falls_back_with_the_reason() -> None
     assert decision.skipped == {"cloud": "not ready (no API key)"}
 
 
-def test_busy_target_spills_to_the_next_allowed_one() -> None:
-    decision = make_router(
+async def test_busy_target_spills_to_the_next_allowed_one() -> None:
+    decision = await make_router(
         Says(Verdict(reason="default edge", prefer="edge")),
         edge=Readiness(True, busy=True, reason="generation queue full", detail={"retry_after": 4}),
     ).decide(req())
     assert (decision.target, decision.reason) == ("cloud", "edge busy (generation queue full); using cloud")
 
 
-def test_only_busy_targets_give_backend_busy_with_retry_after() -> None:
-    decision = make_router(
+async def test_only_busy_targets_give_backend_busy_with_retry_after() -> None:
+    decision = await make_router(
         Says(Verdict(reason="keep local", forbid={"cloud": "private"})),
         edge=Readiness(True, busy=True, reason="generation queue full", detail={"retry_after": 4}),
     ).decide(req())
@@ -118,8 +118,8 @@ def test_only_busy_targets_give_backend_busy_with_retry_after() -> None:
     assert decision.error.retry_after == 4
 
 
-def test_nothing_ready_is_no_target_available_listing_why() -> None:
-    decision = make_router(
+async def test_nothing_ready_is_no_target_available_listing_why() -> None:
+    decision = await make_router(
         Says(Verdict(reason="too long", forbid={"edge": "needs 9000 tokens"})),
         cloud=Readiness(False, reason="no API key"),
     ).decide(req())
@@ -129,38 +129,38 @@ def test_nothing_ready_is_no_target_available_listing_why() -> None:
     )
 
 
-def test_required_target_not_ready_is_503() -> None:
-    decision = make_router(Says(Verdict(reason="pinned", require="cloud")), cloud=Readiness(False, "no key")).decide(
-        req()
-    )
+async def test_required_target_not_ready_is_503() -> None:
+    decision = await make_router(
+        Says(Verdict(reason="pinned", require="cloud")), cloud=Readiness(False, "no key")
+    ).decide(req())
     assert isinstance(decision.error, NoTargetAvailable)
     assert decision.error.message == "target cloud is not ready: no key (chosen because: pinned)"
 
 
-def test_pins_resolve_names_and_aliases_and_reject_unknown_models() -> None:
+async def test_pins_resolve_names_and_aliases_and_reject_unknown_models() -> None:
     says = Says(Verdict(reason="x"))
     router = make_router(says)
-    router.decide(req(model="gpt-4o-mini"))
-    router.decide(req(model="edge"))
+    await router.decide(req(model="gpt-4o-mini"))
+    await router.decide(req(model="edge"))
     assert [ctx.pinned for ctx in says.seen] == ["cloud", "edge"]
 
-    decision = router.decide(req(model="nope"))
+    decision = await router.decide(req(model="nope"))
     assert isinstance(decision.error, UnknownModel)
     assert decision.trail == []
 
 
-def test_observed_latency_reaches_policies_as_a_moving_average() -> None:
+async def test_observed_latency_reaches_policies_as_a_moving_average() -> None:
     says = Says(Verdict(reason="x"))
     router = make_router(says)
     router.observe_latency("edge", 100)
     router.observe_latency("edge", 200)
-    router.decide(req())
+    await router.decide(req())
     assert says.seen[0].targets["edge"].latency_ms == pytest.approx(120)
     assert says.seen[0].targets["cloud"].latency_ms == 1000
 
 
-def test_policies_see_the_running_tally() -> None:
+async def test_policies_see_the_running_tally() -> None:
     later = Says(Verdict(reason="look"), name="later")
-    make_router(Says(Verdict(reason="forbid", forbid={"edge": "no"})), later).decide(req())
+    await make_router(Says(Verdict(reason="forbid", forbid={"edge": "no"})), later).decide(req())
     assert later.seen[0].so_far.forbidden == {"edge": "no"}
     assert later.seen[0].allowed() == ["cloud"]

@@ -68,7 +68,10 @@ class Backend(Protocol):
     model: str
     """The model it runs, reported in the answers' ``model`` field."""
 
-    capabilities: Capabilities
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the target supports; may change once it has started (a loaded model's window)."""
+        ...
 
     async def start(self) -> None:
         """Acquire resources (load a model, open a connection pool). Called once."""

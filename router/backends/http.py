@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from router.config import Timeouts
 from router.errors import (
@@ -183,10 +184,14 @@ class HttpUpstream:
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
         secrets: Callable[[], Iterable[str]] = lambda: (),
+        encoded_paths: bool = False,
     ) -> None:
         self.target = target
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts
+        # Paths arrive percent-encoded and go out byte for byte: a signed request
+        # (SigV4) must send exactly the path it signed, and yarl would decode %3A.
+        self._encoded_paths = encoded_paths
         self._secrets = secrets
         self._headers = dict(headers or {})
         self._max_connections = max_connections
@@ -221,6 +226,12 @@ class HttpUpstream:
             raise BackendError(f"target {self.target}: not started")
         return self._session
 
+    def url(self, path: str) -> str | URL:
+        """The full URL for ``path``, kept as given when paths are pre-encoded."""
+        if self._encoded_paths:
+            return URL(self.base_url + path, encoded=True)
+        return self.base_url + path
+
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
         message, code = upstream_message(body)
         return error_for_status(self.target, status, scrub(message, self._secrets()), headers=headers, code=code)
@@ -232,7 +243,7 @@ class HttpUpstream:
         with translate_transport_errors(self.target):
             async with (
                 asyncio.timeout(self.timeouts.total_s),
-                self.session.post(self.base_url + path, data=payload, headers=headers, params=params) as response,
+                self.session.post(self.url(path), data=payload, headers=headers, params=params) as response,
             ):
                 body = await response.read()
         if response.status >= 400:
@@ -257,7 +268,7 @@ class HttpUpstream:
             async with asyncio.timeout(t.total_s):
                 async with asyncio.timeout(t.first_byte_s):
                     response = await self.session.post(
-                        self.base_url + path, data=payload, headers=headers, params=params, timeout=read_timeout
+                        self.url(path), data=payload, headers=headers, params=params, timeout=read_timeout
                     )
                 try:
                     if response.status >= 400:

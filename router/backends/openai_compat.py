@@ -10,7 +10,7 @@ on every stream (for token accounting) and checks what comes back.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from router.chat import ChatChunk, ChatRequest, ChatResult, ChunkMaker, Usage
 from router.config import OpenAITargetConfig
 from router.errors import UpstreamProtocolError
 
-__all__ = ["OPENAI_REQUEST_FIELDS", "OpenAIBackend"]
+__all__ = ["OPENAI_REQUEST_FIELDS", "OpenAIBackend", "openai_payload", "read_completion", "relay_sse"]
 
 # Request fields OpenAI documents for chat completions; others are dropped
 # unless the target sets forward_unknown_fields (OpenAI rejects unknown ones).
@@ -90,14 +90,9 @@ class OpenAIBackend:
 
     def payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """The body sent upstream for ``request``."""
-        raw = request.model_dump(exclude_none=True, exclude={"model", "stream", "stream_options"})
-        if not self.config.forward_unknown_fields:
-            raw = {key: value for key, value in raw.items() if key in OPENAI_REQUEST_FIELDS}
-        raw["model"] = self.model
-        if stream:
-            raw["stream"] = True
-            raw["stream_options"] = {"include_usage": True}
-        return raw
+        return openai_payload(
+            request, model=self.model, stream=stream, forward_unknown_fields=self.config.forward_unknown_fields
+        )
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         self._inflight += 1
@@ -107,10 +102,7 @@ class OpenAIBackend:
             )
         finally:
             self._inflight -= 1
-        if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
-            raise UpstreamProtocolError(f"target {self.name}: the upstream answer has no choices")
-        usage = Usage.from_openai(body.get("usage")) or Usage(_estimate(request.prompt_text), 0)
-        return ChatResult(body, usage)
+        return read_completion(self.name, body, request)
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         self._inflight += 1
@@ -122,35 +114,68 @@ class OpenAIBackend:
         finally:
             self._inflight -= 1
 
-    async def _relay(self, response: UpstreamStream, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        usage: Usage | None = None
-        pieces = 0
-        last: ChatChunk | None = None
-        async for _event, data in iter_sse(response.lines()):
-            if data == "[DONE]":
-                break
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise UpstreamProtocolError(f"target {self.name}: the upstream sent an invalid stream event") from exc
-            if not isinstance(chunk, dict):
-                raise UpstreamProtocolError(f"target {self.name}: the upstream sent an invalid stream event")
-            if "error" in chunk:
-                message, code = upstream_message(data.encode())
-                raise error_for_status(self.name, 502, scrub(message, (self._key,)), code=code)
-            usage = Usage.from_openai(chunk.pop("usage", None)) or usage
-            if chunk.get("choices"):
-                pieces += 1
-                last = chunk
-                yield chunk
-        else:
-            raise UpstreamProtocolError(f"target {self.name}: the upstream closed the stream before [DONE]")
-        if usage is None:
-            # Servers that ignore stream_options: one content event is about one token.
-            usage = Usage(_estimate(request.prompt_text), pieces)
-        ids = last or {}
-        maker = ChunkMaker(str(ids.get("id", "")), str(ids.get("model", self.model)), int(ids.get("created", 0)))
-        yield maker.usage(usage)
+    def _relay(self, response: UpstreamStream, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        return relay_sse(self.name, response, request, model=self.model, secrets=(self._key,))
+
+
+def openai_payload(
+    request: ChatRequest, *, model: str, stream: bool, forward_unknown_fields: bool = False
+) -> dict[str, Any]:
+    """``request`` as an OpenAI chat-completions body for ``model``; streams always ask for usage."""
+    raw = request.model_dump(exclude_none=True, exclude={"model", "stream", "stream_options"})
+    if not forward_unknown_fields:
+        raw = {key: value for key, value in raw.items() if key in OPENAI_REQUEST_FIELDS}
+    raw["model"] = model
+    if stream:
+        raw["stream"] = True
+        raw["stream_options"] = {"include_usage": True}
+    return raw
+
+
+def read_completion(target: str, body: Any, request: ChatRequest) -> ChatResult:
+    """Check an OpenAI-shaped answer and take its usage (estimated when the upstream sent none)."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+        raise UpstreamProtocolError(f"target {target}: the upstream answer has no choices")
+    usage = Usage.from_openai(body.get("usage")) or Usage(_estimate(request.prompt_text), 0)
+    return ChatResult(body, usage)
+
+
+async def relay_sse(
+    target: str, response: UpstreamStream, request: ChatRequest, *, model: str, secrets: Iterable[str]
+) -> AsyncIterator[ChatChunk]:
+    """Relay an OpenAI SSE stream: chunks with choices as they arrive, then one usage chunk.
+
+    Chunks without choices (usage-only, or Azure's leading ``prompt_filter_results``)
+    are not relayed; a stream that ends before ``[DONE]`` is a protocol error.
+    """
+    usage: Usage | None = None
+    pieces = 0
+    last: ChatChunk | None = None
+    async for _event, data in iter_sse(response.lines()):
+        if data == "[DONE]":
+            break
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(f"target {target}: the upstream sent an invalid stream event") from exc
+        if not isinstance(chunk, dict):
+            raise UpstreamProtocolError(f"target {target}: the upstream sent an invalid stream event")
+        if "error" in chunk:
+            message, code = upstream_message(data.encode())
+            raise error_for_status(target, 502, scrub(message, secrets), code=code)
+        usage = Usage.from_openai(chunk.pop("usage", None)) or usage
+        if chunk.get("choices"):
+            pieces += 1
+            last = chunk
+            yield chunk
+    else:
+        raise UpstreamProtocolError(f"target {target}: the upstream closed the stream before [DONE]")
+    if usage is None:
+        # Servers that ignore stream_options: one content event is about one token.
+        usage = Usage(_estimate(request.prompt_text), pieces)
+    ids = last or {}
+    maker = ChunkMaker(str(ids.get("id", "")), str(ids.get("model", model)), int(ids.get("created", 0)))
+    yield maker.usage(usage)
 
 
 def _estimate(text: str) -> int:

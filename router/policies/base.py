@@ -63,10 +63,12 @@ class Verdict:
     require: str | None = None
     prefer: str | None = None
     scores: Mapping[str, float] = field(default_factory=dict)
+    # Personal data must be redacted (and restored) if the request leaves the machine.
+    redact: bool = False
 
     @property
     def abstains(self) -> bool:
-        return not (self.forbid or self.require or self.prefer or self.scores)
+        return not (self.forbid or self.require or self.prefer or self.scores or self.redact)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -78,6 +80,8 @@ class Verdict:
             out["prefer"] = self.prefer
         if self.scores:
             out["scores"] = {name: round(score, 4) for name, score in self.scores.items()}
+        if self.redact:
+            out["redact"] = True
         return out
 
 
@@ -105,6 +109,7 @@ class Tally:
     required: str | None = None
     preferred: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    redact: bool = False
 
     @property
     def undecided(self) -> bool:
@@ -128,10 +133,11 @@ class RoutingContext:
 
 
 class TargetCatalog:
-    """The configured targets, as policies see them at construction time."""
+    """The configured targets (and semantic route names), as policies see them at construction time."""
 
-    def __init__(self, targets: Mapping[str, TargetView]) -> None:
+    def __init__(self, targets: Mapping[str, TargetView], routes: tuple[str, ...] = ()) -> None:
         self._targets = dict(targets)
+        self.routes = routes
 
     def __contains__(self, name: object) -> bool:
         return name in self._targets
@@ -149,9 +155,24 @@ class TargetCatalog:
             raise ConfigError(f"{key}: unknown target {name!r}; configured targets: {valid}")
         return name
 
+    def check_route(self, name: str, *, key: str) -> str:
+        """Fail start-up when ``name`` is not a route in ``classifier.routes``."""
+        if name not in self.routes:
+            valid = ", ".join(self.routes) or "(none configured)"
+            raise ConfigError(f"{key}: unknown semantic route {name!r}; classifier.routes: {valid}")
+        return name
+
+    def first(self, *, local: bool) -> str | None:
+        return next((n for n, view in self._targets.items() if view.capabilities.local == local), None)
+
 
 class Policy(Protocol):
-    """A routing policy: turns a :class:`RoutingContext` into a :class:`Verdict`."""
+    """A routing policy: turns a :class:`RoutingContext` into a :class:`Verdict`.
+
+    A policy that reads model-based features lists them in ``requires``
+    (``"embedding"``, ``"difficulty"``); the gateway loads the encoder and the
+    difficulty head only when some policy needs them.
+    """
 
     name: str
 

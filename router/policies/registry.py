@@ -20,11 +20,13 @@ from router.policies.base import Policy, TargetCatalog
 from router.policies.capability import CapabilityPolicy
 from router.policies.context_window import ContextWindowPolicy
 from router.policies.default import DefaultPolicy
+from router.policies.difficulty import DifficultyPolicy
 from router.policies.explicit import ExplicitPolicy
 from router.policies.privacy import PrivacyPolicy
+from router.policies.semantic import SemanticPolicy
 from router.policies.weighted import WeightedPolicy
 
-__all__ = ["BUILTIN_POLICIES", "ENTRY_POINT_GROUP", "build_policies", "resolve_policy_class"]
+__all__ = ["BUILTIN_POLICIES", "ENTRY_POINT_GROUP", "build_policies", "policy_requirements", "resolve_policy_class"]
 
 ENTRY_POINT_GROUP = "hybrid_router.policies"
 
@@ -34,6 +36,8 @@ BUILTIN_POLICIES: Mapping[str, Any] = {
     "context_window": ContextWindowPolicy,
     "capability": CapabilityPolicy,
     "weighted": WeightedPolicy,
+    "semantic": SemanticPolicy,
+    "difficulty": DifficultyPolicy,
     "default": DefaultPolicy,
 }
 
@@ -88,3 +92,11 @@ def build_policies(specs: Sequence[Mapping[str, Any]], targets: TargetCatalog) -
 
 def _describe(exc: ValidationError, key: str) -> str:
     return "; ".join(f"{key}.{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors())
+
+
+def policy_requirements(policies: Sequence[Policy]) -> frozenset[str]:
+    """Every model-based feature some policy declares in ``requires``."""
+    needs: set[str] = set()
+    for policy in policies:
+        needs |= set(getattr(policy, "requires", ()))
+    return frozenset(needs)

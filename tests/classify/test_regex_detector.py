@@ -1,8 +1,8 @@
 import pytest
 
 from router.chat import ChatRequest
+from router.classify.classifier import RequestClassifier
 from router.classify.personal_data import FixedDetector, RegexDetector, luhn_valid
-from router.features import FeatureExtractor
 from router.tokens import EstimateCounter
 
 
@@ -30,8 +30,8 @@ def test_luhn() -> None:
 
 
 def test_detector_failure_fails_closed() -> None:
-    extractor = FeatureExtractor(detector=FixedDetector(error=TimeoutError("slow")))
-    features = extractor.extract(ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]}))
+    classifier = RequestClassifier(detector=FixedDetector(error=TimeoutError("slow")))
+    features = classifier.classify_now(ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]}))
     assert features.personal_data.found is True
     assert features.personal_data.error == "TimeoutError"
 

@@ -183,6 +183,9 @@ async def _stream(
     for index, piece in enumerate(chunks if not tool_calls else []):
         if cut_after is not None and index >= cut_after:
             # Dropping the connection without the closing chunk is what a crashed upstream looks like.
+            # The pause lets the client read what was sent first: a reset that overtakes unread
+            # data makes the receiving kernel discard it.
+            await asyncio.sleep(0.2)
             raise ConnectionResetError("emulated upstream crash")
         if behaviour.get("chunk_delay_s"):
             await asyncio.sleep(behaviour["chunk_delay_s"])

@@ -4,8 +4,9 @@ from typing import Any
 
 from router.backends.base import Capabilities, Readiness
 from router.chat import ChatRequest
+from router.classify.classifier import RequestClassifier
 from router.classify.personal_data import Span
-from router.features import FeatureExtractor, Features, PersonalData
+from router.features import Features, PersonalData
 from router.policies.base import RoutingContext, Tally, TargetView
 
 
@@ -37,7 +38,7 @@ def context(
     detector_error: str | None = None,
 ) -> RoutingContext:
     req = req or request()
-    features = FeatureExtractor().extract(req)
+    features = RequestClassifier().classify_now(req)
     if personal is not None or detector_error is not None:
         spans = tuple(personal or ())
         pd = PersonalData(found=bool(spans) or detector_error is not None, spans=spans, error=detector_error)

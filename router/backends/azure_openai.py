@@ -1,0 +1,330 @@
+"""Azure OpenAI: OpenAI's chat-completions API behind a deployment URL.
+
+The wire format is OpenAI's, so bodies are built and streams relayed with the
+same helpers as :mod:`router.backends.openai_compat`. What differs:
+
+* the URL: ``{endpoint}/openai/deployments/{deployment}/chat/completions``
+  with a mandatory ``api-version`` query parameter (without it Azure answers
+  404); the deployment picks the model, the body's ``model`` is ignored;
+* auth: an ``api-key`` header from ``api_key_env``, or a Microsoft Entra ID
+  bearer token from ``azure-identity``, fetched off the event loop and
+  reused until shortly before it expires;
+* content filtering: a blocked prompt is a 400 ``content_filter`` error with
+  ``innererror.content_filter_result``; a blocked answer ends with
+  ``finish_reason: "content_filter"``. Both become :class:`ContentFiltered`
+  naming the categories, so the caller gets a clear error instead of a
+  silently truncated answer;
+* annotations: streams open with a chunk holding only
+  ``prompt_filter_results`` and may carry filter-only chunks without a
+  ``delta``; neither is relayed, and the ``*_filter_results`` fields are
+  stripped so clients see OpenAI's shapes.
+
+JSON mode (``response_format``) is passed through: Azure supports it on the
+models that OpenAI supports it on.
+
+>>> from router.config import AzureOpenAITargetConfig
+>>> cfg = AzureOpenAITargetConfig(type="azure_openai", endpoint="https://r.openai.azure.com", deployment="gpt4o")
+>>> AzureOpenAIBackend("azure", cfg, environ={}).readiness().reason
+'no API key: AZURE_OPENAI_API_KEY is not set'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import orjson
+
+from router.backends.base import Capabilities, Readiness
+from router.backends.http import HttpUpstream
+from router.backends.openai_compat import openai_payload, read_completion, relay_sse
+from router.chat import ChatChunk, ChatRequest, ChatResult
+from router.config import AzureOpenAITargetConfig
+from router.errors import ConfigError, ContentFiltered, HybridRouterError, UpstreamAuthError, UpstreamProtocolError
+
+__all__ = ["AccessToken", "AzureOpenAIBackend", "EntraTokens", "TokenCredential", "require_azure"]
+
+PATH = "/chat/completions"
+
+
+class AccessToken(Protocol):
+    """What ``azure.core.credentials.AccessToken`` offers: the token and its expiry (epoch seconds)."""
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def expires_on(self) -> int: ...
+
+
+class TokenCredential(Protocol):
+    """A synchronous Entra ID credential, e.g. ``azure.identity.DefaultAzureCredential``."""
+
+    def get_token(self, *scopes: str) -> AccessToken: ...
+
+
+class EntraTokens:
+    """Bearer tokens for one scope: fetched in a worker thread, cached until near expiry.
+
+    ``get_token`` blocks (it may call Entra ID or a managed-identity endpoint),
+    so it never runs on the event loop, and only one fetch runs at a time.
+    A failed fetch is remembered for ``retry_s`` so readiness can report it
+    and the router sends traffic elsewhere meanwhile.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        credential: TokenCredential,
+        scope: str,
+        *,
+        refresh_margin_s: float = 300.0,
+        retry_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._target = target
+        self._credential = credential
+        self._scope = scope
+        self._margin = refresh_margin_s
+        self._retry_s = retry_s
+        self._clock = clock
+        self._token = ""
+        self._expires_on = 0.0
+        self._failure: tuple[float, str] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def current(self) -> str:
+        """The cached token, possibly stale; for scrubbing messages."""
+        return self._token
+
+    def _fresh(self) -> bool:
+        return bool(self._token) and self._expires_on - self._clock() > self._margin
+
+    async def token(self) -> str:
+        if self._fresh():
+            return self._token
+        async with self._lock:
+            if not self._fresh():
+                await self._fetch()
+        return self._token
+
+    async def _fetch(self) -> None:
+        try:
+            access = await asyncio.to_thread(self._credential.get_token, self._scope)
+        except Exception as exc:  # credential chains raise azure-core, msal and OS errors alike
+            self._failure = (self._clock(), type(exc).__name__)
+            raise UpstreamAuthError(
+                f"target {self._target}: could not get a Microsoft Entra ID token ({type(exc).__name__})"
+            ) from exc
+        self._token, self._expires_on, self._failure = access.token, float(access.expires_on), None
+
+    def invalidate(self) -> None:
+        """Forget the cached token (the upstream rejected it)."""
+        self._token, self._expires_on = "", 0.0
+
+    def failure(self) -> str | None:
+        """Why the last fetch failed, while that is recent enough to matter."""
+        if self._failure is None or self._clock() - self._failure[0] > self._retry_s:
+            return None
+        return self._failure[1]
+
+
+def require_azure(module: str, *, target: str) -> Any:
+    """Import an azure-identity module, failing start-up with an install hint when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"target {target}: auth entra_id needs azure-identity ({module} is not importable): "
+            "pip install 'hybrid-router[azure]'"
+        ) from exc
+
+
+def _default_credential(target: str) -> TokenCredential:
+    credential: TokenCredential = require_azure("azure.identity", target=target).DefaultAzureCredential()
+    return credential
+
+
+class _AzureUpstream(HttpUpstream):
+    """HttpUpstream that names the categories of Azure's content-filter errors."""
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
+        categories = _filtered_prompt(body)
+        if categories is None:
+            return super().error(status, headers, body)
+        return ContentFiltered(
+            f"target {self.target}: upstream returned {status}: "
+            f"Azure OpenAI's content filter blocked the prompt ({categories})"
+        )
+
+
+def _filtered_prompt(body: bytes) -> str | None:
+    """The filtered categories of a ``content_filter`` error body; None for other errors."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(error, dict) or error.get("code") != "content_filter":
+        return None
+    inner = error.get("innererror")
+    results = inner.get("content_filter_result") if isinstance(inner, dict) else None
+    return _categories(results)
+
+
+def _categories(results: object) -> str:
+    """``"violence: medium, jailbreak"`` for the categories marked ``filtered``."""
+    if not isinstance(results, dict):
+        return "category not given"
+    named = [
+        f"{name}: {verdict['severity']}" if isinstance(verdict.get("severity"), str) else name
+        for name, verdict in results.items()
+        if isinstance(verdict, dict) and verdict.get("filtered")
+    ]
+    return ", ".join(named) or "category not given"
+
+
+class AzureOpenAIBackend:
+    """Sends requests to one Azure OpenAI deployment.
+
+    ``credential`` replaces ``DefaultAzureCredential`` for ``auth: entra_id``
+    (tests, or a credential built by the host application).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: AzureOpenAITargetConfig,
+        *,
+        environ: Mapping[str, str] | None = None,
+        credential: TokenCredential | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.model = config.model or config.deployment
+        supports = config.supports
+        self.capabilities = Capabilities(
+            tools=supports.tools is not False,
+            json_schema=supports.json_schema is not False,
+            images=supports.images is not False,
+            context_window=config.context_window,
+        )
+        env = os.environ if environ is None else environ
+        self._key = env.get(config.api_key_env, "") if config.auth == "api_key" else ""
+        self._credential: Any = None
+        self._owns_credential = False
+        self._tokens: EntraTokens | None = None
+        if config.auth == "entra_id":
+            self._credential = credential or _default_credential(name)
+            self._owns_credential = credential is None
+            self._tokens = EntraTokens(name, self._credential, config.entra_scope, clock=clock)
+        self._params = {"api-version": config.api_version}
+        self._inflight = 0
+        endpoint = str(config.endpoint).rstrip("/")
+        self._http = _AzureUpstream(
+            name,
+            f"{endpoint}/openai/deployments/{quote(config.deployment, safe='')}",
+            timeouts=config.timeouts,
+            max_connections=config.max_connections,
+            headers={"content-type": "application/json", **({"api-key": self._key} if self._key else {})},
+            secrets=self._secrets,
+        )
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self._key, self._tokens.current if self._tokens else "")
+
+    async def start(self) -> None:
+        self._http.start()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        close = getattr(self._credential, "close", None)
+        if self._tokens is not None and self._owns_credential and callable(close):
+            await asyncio.to_thread(close)
+
+    def readiness(self) -> Readiness:
+        if self.config.auth == "api_key" and not self._key:
+            return Readiness(ready=False, reason=f"no API key: {self.config.api_key_env} is not set")
+        if self._tokens is not None and (failure := self._tokens.failure()):
+            return Readiness(ready=False, reason=f"no Microsoft Entra ID token: {failure}")
+        if not self._http.started:
+            return Readiness(ready=False, reason="not started")
+        return Readiness(ready=True)
+
+    def stats(self) -> Mapping[str, float]:
+        return {"inflight": float(self._inflight)}
+
+    def payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """The body sent upstream; ``model`` names the deployment (Azure ignores it)."""
+        return openai_payload(request, model=self.config.deployment, stream=stream)
+
+    async def _auth_headers(self) -> dict[str, str]:
+        if self._tokens is None:
+            return {}
+        return {"authorization": f"Bearer {await self._tokens.token()}"}
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        self._inflight += 1
+        try:
+            payload = orjson.dumps(self.payload(request, stream=False))
+            body = await self._http.post_json(PATH, payload, headers=await self._auth_headers(), params=self._params)
+        except UpstreamAuthError:
+            self._forget_token()
+            raise
+        finally:
+            self._inflight -= 1
+        result = read_completion(self.name, body, request)
+        for choice in self._choices(result.body):
+            self._raise_if_filtered(choice)
+            choice.pop("content_filter_results", None)
+        result.body.pop("prompt_filter_results", None)
+        return result
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        self._inflight += 1
+        try:
+            payload = orjson.dumps(self.payload(request, stream=True))
+            headers = await self._auth_headers()
+            async with self._http.open_stream(PATH, payload, headers=headers, params=self._params) as response:
+                async for chunk in relay_sse(self.name, response, request, model=self.model, secrets=self._secrets()):
+                    if self._annotation_only(chunk):
+                        continue
+                    yield chunk
+        except UpstreamAuthError:
+            self._forget_token()
+            raise
+        finally:
+            self._inflight -= 1
+
+    def _annotation_only(self, chunk: ChatChunk) -> bool:
+        """Check a chunk's choices for filtering and strip Azure's annotations; True when nothing is left."""
+        chunk.pop("prompt_filter_results", None)
+        choices = self._choices(chunk)
+        for choice in choices:
+            self._raise_if_filtered(choice)
+            choice.pop("content_filter_results", None)
+            choice.pop("content_filter_offsets", None)
+        return bool(choices) and all("delta" not in choice for choice in choices)
+
+    def _choices(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+            raise UpstreamProtocolError(f"target {self.name}: the upstream sent malformed choices")
+        return choices
+
+    def _raise_if_filtered(self, choice: dict[str, Any]) -> None:
+        if choice.get("finish_reason") == "content_filter":
+            categories = _categories(choice.get("content_filter_results"))
+            raise ContentFiltered(
+                f"target {self.name}: Azure OpenAI's content filter blocked the answer ({categories})"
+            )
+
+    def _forget_token(self) -> None:
+        if self._tokens is not None:
+            self._tokens.invalidate()

@@ -1,0 +1,36 @@
+"""Does a prompt contain code, or math? Cheap signals, used by policies and the rule-based difficulty."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["has_code", "has_math"]
+
+_CODE = re.compile(
+    r"```|^\s*(?:def|class|import|from|function|const|let|var|public|private|#include|package|fn|func|SELECT|"
+    r"CREATE TABLE)\b|[{};]\s*$|=>|->\s*\w|\w+\(.*\)\s*[{:]\s*$|</?[a-z]+[^>]*>",
+    re.MULTILINE,
+)
+_MATH = re.compile(
+    r"\$[^$\n]+\$|\\(?:frac|sqrt|sum|int|cdot|times|alpha|beta|pi|theta)\b|\d\s*[-+*/^\u00d7\u00f7=]\s*\d|[∑∫√π≤≥≠∞]"
+    r"|\b(?:solve|equation|integral|derivative|probability|calculate|compute|how many|how much|percent)\b",
+    re.IGNORECASE,
+)
+
+
+def has_code(text: str) -> bool:
+    """Fenced blocks, statement keywords at line starts, braces and arrows, tags.
+
+    >>> has_code("def f(x):\\n    return x"), has_code("I defined my goals")
+    (True, False)
+    """
+    return _CODE.search(text) is not None
+
+
+def has_math(text: str) -> bool:
+    """Formulas, operators between numbers, LaTeX, math symbols or math-problem words.
+
+    >>> has_math("What is 12 * 7?"), has_math("Tell me about Paris")
+    (True, False)
+    """
+    return _MATH.search(text) is not None

@@ -1,0 +1,104 @@
+"""Loading router training rows: prompts plus per-model 0/1 correctness columns.
+
+A row has a ``prompt``, or a ``question`` (with optional ``choices``, laid out
+like RouteLLM's MMLU prompt), and correctness columns such as
+``gpt4_correct``. ``--join FILE`` adds columns from another JSONL keyed by
+``id`` (the edge model's labels, see :mod:`edge_models.labeling`), matched on
+:func:`row_id`. The validation split is a fixed hash of the row id, so it is
+the same for every run and every machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_models.labeling import row_id
+
+__all__ = ["Rows", "load_rows", "prompt_of", "row_id"]
+
+
+def prompt_of(row: dict[str, Any]) -> str:
+    if row.get("prompt"):
+        return str(row["prompt"])
+    question = str(row["question"])
+    choices = row.get("choices") or []
+    if not choices:
+        return question
+    letters = "ABCDEFGHIJ"
+    return question + "\n" + "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(choices)) + "\nAnswer:"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    # Not splitlines(): it also splits on U+2028, which JSON strings may contain.
+    return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+
+
+@dataclass
+class Rows:
+    """Prompts and the two correctness vectors of a weak/strong pair."""
+
+    prompts: list[str]
+    weak: npt.NDArray[np.float64]
+    strong: npt.NDArray[np.float64]
+    ids: list[str]
+    contaminated: npt.NDArray[np.bool_]
+    validation: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, mask: npt.NDArray[np.bool_]) -> Rows:
+        keep = np.flatnonzero(mask)
+        return Rows(
+            [self.prompts[i] for i in keep],
+            self.weak[keep],
+            self.strong[keep],
+            [self.ids[i] for i in keep],
+            self.contaminated[keep],
+            self.validation[keep],
+        )
+
+    @property
+    def edge_worse(self) -> npt.NDArray[np.float64]:
+        """The training target: the strong model right where the weak one is wrong."""
+        return ((self.strong > 0.5) & (self.weak < 0.5)).astype(np.float64)
+
+
+def load_rows(
+    paths: Sequence[Path],
+    weak_col: str,
+    strong_col: str,
+    *,
+    join: Sequence[Path] = (),
+    validation_share: float = 0.2,
+    require_labels: bool = True,
+) -> Rows:
+    """Rows having both columns; rows missing either (e.g. unlabelled by ``join``) are skipped
+    unless ``require_labels`` is False (calibration needs only prompts)."""
+    extra: dict[str, dict[str, Any]] = {}
+    for path in join:
+        for item in _read_jsonl(path):
+            extra.setdefault(str(item["id"]), {}).update(item)
+    prompts, weak, strong, ids, contaminated, validation = [], [], [], [], [], []
+    for path in paths:
+        for row in _read_jsonl(path):
+            key = row_id(row)
+            merged = {**row, **extra.get(key, {})}
+            if require_labels and (weak_col not in merged or strong_col not in merged):
+                continue
+            prompts.append(prompt_of(row))
+            weak.append(float(merged.get(weak_col, 0)))
+            strong.append(float(merged.get(strong_col, 0)))
+            ids.append(key)
+            contaminated.append(bool(row.get("routellm_contaminated", False)))
+            validation.append(int(key[:8], 16) / 0xFFFFFFFF < validation_share)
+    if not prompts:
+        raise ValueError(f"no row has both {weak_col!r} and {strong_col!r}")
+    return Rows(prompts, np.array(weak), np.array(strong), ids, np.array(contaminated), np.array(validation))
