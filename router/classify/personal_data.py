@@ -105,7 +105,14 @@ _ES_DNI = re.compile(r"[XYZ\d]\d{6,7}-?[A-HJ-NP-TV-Z]\b")
 _SIN = re.compile(r"\d{3}[ -]?\d{3}[ -]?\d{3}(?!\d)")
 _IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\d.]|\.\d)")
 _IPV6 = re.compile(r"[0-9A-Fa-f:][0-9A-Fa-f]{0,3}(?::[0-9A-Fa-f]{0,4}){2,7}(?![:\w])")
-_DOTTED = re.compile(r"\d{1,3}(?:\.\d+){2,}")  # versions and IP addresses, not phones
+# Digit strings that phonenumbers may accept in some region but that read as
+# something else: versions and IPs, decimals, ISO dates, ISBN-like groups of one digit.
+_NOT_A_PHONE = re.compile(r"\d{1,3}(?:\.\d+){2,}|\d+\.\d+|\d{4}-\d{2}-\d{2}|\d+(?:-\d+)*-\d-\d+(?:-\d+)*|\d+-\d-\d+.*")
+_PHONE_CUE = re.compile(
+    r"(?i)(?:phone|call|tel|mobile|cell|whatsapp|sms|text me|fax|contact|ring|dial|number|"
+    r"\u7535\u8bdd|\u624b\u673a|\u96fb\u8a71|\u643a\u5e2f|\uc804\ud654)"
+)
+_CN_MOBILE = re.compile(r"1[3-9]\d{9}")
 _VERSION_CUE = re.compile(r"(?:version|v|ver\.?|release)\s*$", re.IGNORECASE)
 # (hints that must appear in the lower-cased text, pattern, confidence): the hints skip
 # patterns that cannot match at C speed before any regex runs.
@@ -187,6 +194,11 @@ _WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 def _clear_before(text: str, start: int, forbidden: Iterable[str] | str = _WORD) -> bool:
     """True when the character before ``start`` is not one of ``forbidden`` (a look-behind, done cheaply)."""
     return start == 0 or text[start - 1] not in forbidden
+
+
+def _glued_after(text: str, end: int) -> bool:
+    """True when the match runs on into a word (``12345678abc``), so it is part of a code."""
+    return end < len(text) and (text[end].isalpha() and text[end].isascii())
 
 
 def _near(cue: re.Pattern[str], text: str, start: int, window: int = 40) -> bool:
@@ -313,11 +325,14 @@ class _Phones:
 
         for m in _PHONE_CANDIDATE.finditer(text):
             candidate = m.group()
-            if not _clear_before(text, m.start(), _WORD | {".", "+", "("}):
+            if not _clear_before(text, m.start(), _WORD | {".", "+", "(", "-", "/"}) or _glued_after(text, m.end()):
                 continue
             digits = sum(ch.isdigit() for ch in candidate)
-            if not 7 <= digits <= 15 or _DOTTED.fullmatch(candidate):
+            if not 7 <= digits <= 15 or _NOT_A_PHONE.fullmatch(candidate):
                 continue
+            bare = candidate.isdigit()
+            if bare and not (_near(_PHONE_CUE, text, m.start()) or _CN_MOBILE.fullmatch(candidate)):
+                continue  # a bare digit run is a phone only when the text says so (or it is a CN mobile)
             confidence = self._confidence(phonenumbers, candidate)
             if confidence:
                 yield Span("phone", m.start(), m.end(), confidence)
