@@ -55,7 +55,7 @@ from typing import Any
 
 import orjson
 
-from router.backends.base import Capabilities, Readiness
+from router.backends.base import Readiness, capabilities_for
 from router.backends.http import (
     HttpUpstream,
     UpstreamStream,
@@ -462,13 +462,7 @@ class GoogleBackend(abc.ABC):
         self.name = name
         self.config = config
         self.model = config.model
-        supports = config.supports
-        self.capabilities = Capabilities(
-            tools=supports.tools is not False,
-            json_schema=supports.json_schema is not False,
-            images=supports.images is not False,
-            context_window=config.context_window,
-        )
+        self.capabilities = capabilities_for(config.supports, context_window=config.context_window)
         self._inflight = 0
         self._http = GoogleUpstream(
             name,

@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from router.backends.base import Capabilities, Readiness
+from router.backends.base import Readiness, capabilities_for
 from router.backends.http import (
     HttpUpstream,
     UpstreamStream,
@@ -468,13 +468,7 @@ class AnthropicBackend:
         self.name = name
         self.config = config
         self.model = config.model
-        supports = config.supports
-        self.capabilities = Capabilities(
-            tools=supports.tools is not False,
-            json_schema=supports.json_schema is True,
-            images=supports.images is not False,
-            context_window=config.context_window,
-        )
+        self.capabilities = capabilities_for(config.supports, json_schema=False, context_window=config.context_window)
         env = os.environ if environ is None else environ
         self._key = env.get(config.api_key_env, "")
         self._inflight = 0

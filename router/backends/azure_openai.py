@@ -40,7 +40,7 @@ from urllib.parse import quote
 
 import orjson
 
-from router.backends.base import Capabilities, Readiness
+from router.backends.base import Readiness, capabilities_for
 from router.backends.http import HttpUpstream
 from router.backends.openai_compat import openai_payload, read_completion, relay_sse
 from router.chat import ChatChunk, ChatRequest, ChatResult
@@ -208,13 +208,7 @@ class AzureOpenAIBackend:
         self.name = name
         self.config = config
         self.model = config.model or config.deployment
-        supports = config.supports
-        self.capabilities = Capabilities(
-            tools=supports.tools is not False,
-            json_schema=supports.json_schema is not False,
-            images=supports.images is not False,
-            context_window=config.context_window,
-        )
+        self.capabilities = capabilities_for(config.supports, context_window=config.context_window)
         env = os.environ if environ is None else environ
         self._key = env.get(config.api_key_env, "") if config.auth == "api_key" else ""
         self._credential: Any = None

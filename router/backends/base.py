@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from router.chat import ChatChunk, ChatRequest, ChatResult
+from router.config import Capability
 
-__all__ = ["Backend", "Capabilities", "Readiness"]
+__all__ = ["Backend", "Capabilities", "Readiness", "capabilities_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,29 @@ class Capabilities:
     context_window: int | None = None
     # True when the target runs on this machine, so data sent to it stays here.
     local: bool = False
+
+
+def capabilities_for(
+    supports: Capability,
+    *,
+    tools: bool = True,
+    json_schema: bool = True,
+    images: bool = True,
+    context_window: int | None = None,
+    local: bool = False,
+) -> Capabilities:
+    """A target type's defaults, overridden by whatever the operator set under ``supports:``.
+
+    >>> capabilities_for(Capability(images=False), json_schema=False).images
+    False
+    """
+    return Capabilities(
+        tools=tools if supports.tools is None else supports.tools,
+        json_schema=json_schema if supports.json_schema is None else supports.json_schema,
+        images=images if supports.images is None else supports.images,
+        context_window=context_window,
+        local=local,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Iterator, Mapping
+from dataclasses import replace
 from typing import Any, Protocol, cast
 from urllib.parse import quote
 
 import orjson
 
 from router.backends._eventstream import EVENT_STREAM, Event, iter_events, require_botocore
-from router.backends.base import Capabilities, Readiness
+from router.backends.base import Readiness, capabilities_for
 from router.backends.http import HttpUpstream, error_for_status, parse_retry_after, scrub, upstream_message
 from router.chat import ChatChunk, ChatRequest, ChatResult, ChunkMaker, FinishReason, Message, Usage, make_completion
 from router.config import BedrockTargetConfig
@@ -170,11 +171,9 @@ class BedrockBackend:
         self.name = name
         self.config = config
         self.model = config.model_id
-        self.capabilities = Capabilities(
-            tools=config.supports.tools is not False,
-            json_schema=False,
-            images=config.supports.images is True,
-            context_window=config.context_window,
+        # Converse has no JSON mode: never advertised, whatever the config says.
+        self.capabilities = replace(
+            capabilities_for(config.supports, images=False, context_window=config.context_window), json_schema=False
         )
         auth = require_botocore("botocore.auth")
         self._signer_class: Any = auth.SigV4Auth

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from router.backends.base import Capabilities, Readiness
+from router.backends.base import Readiness, capabilities_for
 from router.backends.http import HttpUpstream, UpstreamStream, error_for_status, iter_sse, scrub, upstream_message
 from router.chat import ChatChunk, ChatRequest, ChatResult, ChunkMaker, Usage
 from router.config import OpenAITargetConfig
@@ -50,13 +50,7 @@ class OpenAIBackend:
         self.name = name
         self.config = config
         self.model = config.model
-        supports = config.supports
-        self.capabilities = Capabilities(
-            tools=supports.tools is not False,
-            json_schema=supports.json_schema is not False,
-            images=supports.images is not False,
-            context_window=config.context_window,
-        )
+        self.capabilities = capabilities_for(config.supports, context_window=config.context_window)
         env = os.environ if environ is None else environ
         self._key = env.get(config.api_key_env, "") if config.api_key_env else ""
         self._inflight = 0

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from router.backends.base import Backend, Capabilities
+from router.backends.base import Backend, capabilities_for
 from router.backends.fake import ScriptedBackend, ScriptedReply
 from router.config import FakeTargetConfig
 
@@ -29,15 +29,15 @@ BACKEND_TYPES: Mapping[str, str] = {
 
 
 def _fake(name: str, config: FakeTargetConfig) -> ScriptedBackend:
-    supports = config.supports
     return ScriptedBackend(
         name=name,
         script=ScriptedReply(text=config.reply, delay_s=config.delay_s),
         model=config.model,
-        capabilities=Capabilities(
-            tools=bool(supports.tools),
-            json_schema=bool(supports.json_schema),
-            images=bool(supports.images),
+        capabilities=capabilities_for(
+            config.supports,
+            tools=False,
+            json_schema=False,
+            images=False,
             context_window=config.context_window,
             local=config.local,
         ),
