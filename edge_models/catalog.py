@@ -31,7 +31,7 @@ Precision = Literal["int4", "int8", "fp32"]
 MODELS_DIR_ENV = "HYBRID_ROUTER_MODELS_DIR"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Chosen by measurement: see the README's edge-model benchmark.
-DEFAULT_PRECISION: Precision = "int4"
+DEFAULT_PRECISION: Precision = "int8"
 
 
 @dataclass(frozen=True)
