@@ -147,7 +147,7 @@ def requantize_exact(quantised: Path, fp32: Path, out: Path, *, accuracy_level: 
 
 
 def _unpack4(packed: Any) -> Any:
-    out = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.float32)
+    out = np.empty((*packed.shape[:-1], packed.shape[-1] * 2), dtype=np.float32)
     out[..., 0::2] = packed & 0x0F
     out[..., 1::2] = packed >> 4
     return out
