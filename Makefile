@@ -48,6 +48,9 @@ check: setup lint types
 
 bench: setup
 	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/classifier.py
+	$(BIN)/python bench/edge_quality.py
+	$(BIN)/python bench/edge_model.py   # the llama.cpp column needs the bench extra (see README)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
