@@ -73,9 +73,11 @@ def prefill_features(texts: list[str]) -> tuple[Any, float]:
 
 
 def score(features: Any, rows: Rows) -> dict[str, float]:
-    train, val = ~rows.validation, rows.validation & ~rows.contaminated
-    v = rows.subset(val)
-    heads = fit_heads(features[train], rows.subset(train).edge_worse, features[val], v.weak, v.strong)
+    # Same three-way split as `router train`: fit, pick the head kind, report on unseen rows.
+    train, pick = ~rows.validation & ~rows.selection, rows.selection & ~rows.contaminated
+    val = rows.validation & ~rows.contaminated
+    v, p = rows.subset(val), rows.subset(pick)
+    heads = fit_heads(features[train], rows.subset(train).edge_worse, features[pick], p.weak, p.strong)
     curve = evaluate_router(heads[0].predict(features[val]), v.weak, v.strong)
     return {"apgr": round(curve.apgr, 4), "cpt50": round(curve.cpt50, 4), "head": heads[0].kind}  # type: ignore[dict-item]
 

@@ -55,6 +55,8 @@ def _normalise(rows: npt.NDArray[Any]) -> Matrix:
 class StaticEmbedder:
     """Mean of distilled static token vectors."""
 
+    cheap = True  # a table lookup: tens of microseconds for a short text
+
     def __init__(self, folder: Path, *, max_tokens: int = 4096) -> None:
         self.folder = folder
         try:
@@ -78,6 +80,8 @@ class StaticEmbedder:
 
 class OnnxEmbedder:
     """all-MiniLM-L6-v2 through ONNX Runtime, on the first ``max_tokens`` tokens."""
+
+    cheap = False  # a transformer pass: milliseconds, so it runs off the event loop
 
     def __init__(self, folder: Path, *, max_tokens: int = 128, threads: int = 1) -> None:
         import onnxruntime as ort

@@ -285,6 +285,10 @@ class ClassifierConfig(_Strict):
         default=0.5, description="Similarity a semantic route needs when it sets no threshold of its own."
     )
     routes: list[SemanticRouteConfig] = Field(default_factory=list)
+    detect_language: bool | None = Field(
+        default=None,
+        description="Identify the prompt's language (py3langid, ~0.1 ms). Default: only when a policy requires it.",
+    )
     phone_regions: list[str] = Field(
         default_factory=lambda: ["US", "GB", "DE", "FR", "IN", "CN", "JP", "BR", "ES", "IT", "CA", "AU"],
         description="Regions whose national phone formats are recognised without a +country prefix.",

@@ -39,19 +39,23 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 
 async def cancel_on_disconnect(work: Awaitable[T], receive: Receive) -> T:
-    """Await ``work``; cancel it and raise :class:`ClientGone` if the client leaves first."""
+    """Await ``work``; cancel it and raise :class:`ClientGone` if the client leaves first.
+
+    The watcher cancels the work from a done-callback rather than through
+    ``asyncio.wait``, which would build a waiter and two callbacks per request;
+    and cancelling this coroutine (a deadline) cancels the work with it.
+    """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    watcher.add_done_callback(lambda done: done.cancelled() or task.cancel())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientGone() from None
+        raise
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise ClientGone()
-    return task.result()
 
 
 class EventStreamResponse(Response):

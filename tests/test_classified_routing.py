@@ -25,7 +25,7 @@ from tests.policies.helpers import context, views
 class KeywordEmbedder:
     """A fake embedder: one axis per keyword, so similarities are predictable."""
 
-    name, dims = "keywords", 3
+    name, dims, cheap = "keywords", 3, True
     words = ("refund", "python", "weather")
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

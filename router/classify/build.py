@@ -29,6 +29,7 @@ class ClassifierPlan:
     config: ClassifierConfig
     encoder_dir: Path | None
     head: Path | None
+    language: bool = False
 
 
 def _default_head(encoder: str) -> Path:
@@ -56,7 +57,10 @@ def plan_classifier(config: ClassifierConfig, needs: frozenset[str]) -> Classifi
             head = Path(config.difficulty_head)
         if not head.is_file():
             raise ConfigError(f"classifier.difficulty_head: {head} does not exist")
-    return ClassifierPlan(config, folder, head)
+    # Language identification is a tenth of the gateway's CPU per small request
+    # (measured with py-spy), so it runs only when something reads it.
+    language = config.detect_language if config.detect_language is not None else "language" in needs
+    return ClassifierPlan(config, folder, head, language)
 
 
 def build_classifier(plan: ClassifierPlan, *, token_counter: TokenCounter | None = None) -> RequestClassifier:
@@ -84,7 +88,7 @@ def build_classifier(plan: ClassifierPlan, *, token_counter: TokenCounter | None
         embedder=embedder,
         routes=routes,
         head=head,
-        language=LanguageDetector(),
+        language=LanguageDetector() if plan.language else None,
         deadline_ms=config.deadline_ms,
     )
     classifier.start()

@@ -19,6 +19,9 @@ class Embedder(Protocol):
 
     name: str
     dims: int
+    # True when embedding a short text costs well under a millisecond, so the
+    # classifier may run it on the event loop instead of paying a thread hop.
+    cheap: bool
 
     def embed(self, texts: Sequence[str]) -> Any: ...
 

@@ -170,8 +170,9 @@ class Policy(Protocol):
     """A routing policy: turns a :class:`RoutingContext` into a :class:`Verdict`.
 
     A policy that reads model-based features lists them in ``requires``
-    (``"embedding"``, ``"difficulty"``); the gateway loads the encoder and the
-    difficulty head only when some policy needs them.
+    (``"embedding"``, ``"difficulty"``, ``"language"``); the gateway loads the
+    encoder, the difficulty head and the language identifier only when some
+    policy needs them.
     """
 
     name: str

@@ -5,7 +5,8 @@
     hybrid-router router calibrate --data FILE --cloud-share 0.3 [--model DIR]
 
 ``--join FILE`` adds columns keyed by row id (the edge model's labels). The
-rows are split by a fixed hash into train (80%) and validation (20%);
+rows are split by a fixed hash into train (64%), selection (16%, to pick
+the head) and validation (20%, reported);
 ``eval`` reports on the validation rows unless ``--split all``; rows flagged
 ``routellm_contaminated`` are left out of evaluation, as RouteLLM does.
 """
@@ -59,10 +60,12 @@ def train(args: argparse.Namespace) -> int:
     rows = _rows(args)
     embedder = _embedder(args.encoder, args.encoder_dir, args.encoder_max_tokens)
     features = _embed(embedder, rows)
-    train_mask, val_mask = ~rows.validation, rows.validation & ~rows.contaminated
-    val = rows.subset(val_mask)
+    train_mask = ~rows.validation & ~rows.selection
+    pick_mask = rows.selection & ~rows.contaminated
+    val_mask = rows.validation & ~rows.contaminated
+    val, pick = rows.subset(val_mask), rows.subset(pick_mask)
     heads = fit_heads(
-        features[train_mask], rows.subset(train_mask).edge_worse, features[val_mask], val.weak, val.strong
+        features[train_mask], rows.subset(train_mask).edge_worse, features[pick_mask], pick.weak, pick.strong
     )
     best = heads[0]
     val_scores = best.predict(features[val_mask])
@@ -72,9 +75,10 @@ def train(args: argparse.Namespace) -> int:
         "weak_col": args.weak_col,
         "strong_col": args.strong_col,
         "data": [Path(p).name for p in args.data],
-        "rows": {"train": int(train_mask.sum()), "validation": int(val_mask.sum())},
+        "rows": {"train": int(train_mask.sum()), "selection": int(pick_mask.sum()), "validation": int(val_mask.sum())},
         "head": best.kind,
-        "candidates": {h.kind: round(h.validation_apgr, 4) for h in heads},
+        # APGR of each candidate on the selection rows (not the validation rows).
+        "candidates": {h.kind: round(h.selection_apgr, 4) for h in heads},
         "validation": curve.summary(),
         "random": random_baseline(val.weak, val.strong),
         # Thresholds that send these shares of validation requests to the cloud.

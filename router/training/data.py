@@ -5,7 +5,9 @@ like RouteLLM's MMLU prompt), and correctness columns such as
 ``gpt4_correct``. ``--join FILE`` adds columns from another JSONL keyed by
 ``id`` (the edge model's labels, see :mod:`edge_models.labeling`), matched on
 :func:`row_id`. The validation split is a fixed hash of the row id, so it is
-the same for every run and every machine.
+the same for every run and every machine. A second hash picks the
+*selection* rows out of the training rows: candidate heads are compared on
+those, so the validation rows are not used to pick the head they report on.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class Rows:
     ids: list[str]
     contaminated: npt.NDArray[np.bool_]
     validation: npt.NDArray[np.bool_]
+    # A second, independent hash split of the training rows: heads are compared
+    # on it, so the validation rows stay unseen until the final report.
+    selection: npt.NDArray[np.bool_]
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -63,6 +68,7 @@ class Rows:
             [self.ids[i] for i in keep],
             self.contaminated[keep],
             self.validation[keep],
+            self.selection[keep],
         )
 
     @property
@@ -86,7 +92,7 @@ def load_rows(
     for path in join:
         for item in _read_jsonl(path):
             extra.setdefault(str(item["id"]), {}).update(item)
-    prompts, weak, strong, ids, contaminated, validation = [], [], [], [], [], []
+    prompts, weak, strong, ids, contaminated, validation, selection = [], [], [], [], [], [], []
     for path in paths:
         for row in _read_jsonl(path):
             key = row_id(row)
@@ -99,6 +105,15 @@ def load_rows(
             ids.append(key)
             contaminated.append(bool(row.get("routellm_contaminated", False)))
             validation.append(int(key[:8], 16) / 0xFFFFFFFF < validation_share)
+            selection.append(int(key[8:16], 16) / 0xFFFFFFFF < validation_share)
     if not prompts:
         raise ValueError(f"no row has both {weak_col!r} and {strong_col!r}")
-    return Rows(prompts, np.array(weak), np.array(strong), ids, np.array(contaminated), np.array(validation))
+    return Rows(
+        prompts,
+        np.array(weak),
+        np.array(strong),
+        ids,
+        np.array(contaminated),
+        np.array(validation),
+        np.array(selection) & ~np.array(validation, dtype=bool),
+    )

@@ -33,7 +33,7 @@ Array = npt.NDArray[Any]
 class FittedHead:
     kind: str
     layers: list[tuple[Array, Array]]  # (weight [in, out], bias [out]); ReLU between, sigmoid after
-    validation_apgr: float
+    selection_apgr: float
 
     def predict(self, features: Array) -> Array:
         hidden = np.asarray(features, dtype=np.float64)
@@ -56,12 +56,12 @@ def _sklearn() -> Any:
 def fit_heads(
     train_x: Array, train_y: Array, val_x: Array, val_weak: Array, val_strong: Array, *, seed: int = 0
 ) -> list[FittedHead]:
-    """Fit every head kind; each is scored by APGR on the validation rows."""
+    """Fit every head kind; each is scored by APGR on held-out selection rows, best first."""
     sk = _sklearn()
     mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
     scaled, val_scaled = (train_x - mean) / std, (val_x - mean) / std
     fitted = []
-    for c in (0.01, 0.1, 1.0):
+    for c in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 0.1, 1.0):
         model = sk.linear_model.LogisticRegression(C=c, max_iter=2000)
         model.fit(scaled, train_y)
         weight = (model.coef_.T / std[:, None]).astype(np.float64)
@@ -78,9 +78,9 @@ def fit_heads(
             FittedHead(f"mlp(64, alpha={alpha})", [(first_w, first_b), (mlp.coefs_[1], mlp.intercepts_[1])], 0.0)
         )
     for head in fitted:
-        head.validation_apgr = evaluate_router(head.predict(val_x), val_weak, val_strong).apgr
+        head.selection_apgr = evaluate_router(head.predict(val_x), val_weak, val_strong).apgr
     del scaled, val_scaled
-    return sorted(fitted, key=lambda h: -h.validation_apgr)
+    return sorted(fitted, key=lambda h: -h.selection_apgr)
 
 
 def write_onnx(head: FittedHead, path: Path, *, encoder: str, training: dict[str, Any]) -> None:
