@@ -104,6 +104,7 @@ def settings(encoder: str) -> Any:
         classifier={
             "encoder": encoder,
             "deadline_ms": 1000,
+            "detect_language": True,
             "routes": [
                 {"name": "coding", "examples": ["Fix this Python bug", "Write a SQL query", "Refactor my function"]},
                 {"name": "chitchat", "examples": ["Hi there!", "How are you?", "Tell me a joke"]},

@@ -14,7 +14,8 @@ costs per request on this machine. The prefill features come from the fp32
 Hugging Face model converted from the same GGUF (so this script needs the
 ``[build]`` extra); serving would read them from the ONNX model.
 
-    python bench/difficulty_features.py [--rows 3000] [--join router/training/labels/edge_labels.jsonl]
+    python bench/difficulty_features.py [--rows 1500] [--pair mixtral|edge|both] \
+        [--join router/training/labels/edge_labels.jsonl]
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ DATA = ROOT.parent / "shared" / "data"
 
 def embed(embedder: Any, texts: list[str]) -> tuple[Any, float]:
     started = time.perf_counter()
-    out = np.concatenate([embedder.embed(texts[i : i + 32]) for i in range(0, len(texts), 32)])
+    batch = 32 if embedder.cheap else 1  # one at a time, as served (see router/training/cli.py)
+    out = np.concatenate([embedder.embed(texts[i : i + batch]) for i in range(0, len(texts), batch)])
     return out, (time.perf_counter() - started) / len(texts) * 1000
 
 
@@ -60,7 +62,8 @@ def prefill_features(texts: list[str]) -> tuple[Any, float]:
 
         convert(gguf, Path(work))
         tokenizer = AutoTokenizer.from_pretrained(work)
-        model = AutoModelForCausalLM.from_pretrained(work).eval()
+        # fp32 explicitly: the converted folder says bfloat16, which is many times slower on this CPU.
+        model = AutoModelForCausalLM.from_pretrained(work, dtype=torch.float32).eval()
     torch.set_num_threads(2)
     rows = []
     started = time.perf_counter()
@@ -86,12 +89,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--join", action="append", default=[])
+    # The prefill features come from the fp32 transformers model, ~0.3 s a prompt here.
+    parser.add_argument("--pair", choices=["mixtral", "edge", "both"], default="both")
     args = parser.parse_args()
 
     from edge_models.embeddings import OnnxEmbedder, StaticEmbedder, encoder_dir
 
-    pairs = [("mixtral_correct", "gpt4_correct")]
-    if args.join:
+    pairs = []
+    if args.pair in ("mixtral", "both"):
+        pairs.append(("mixtral_correct", "gpt4_correct"))
+    if args.pair in ("edge", "both"):
+        if not args.join:
+            parser.error("--pair edge needs --join router/training/labels/edge_labels.jsonl")
         pairs.append(("edge_correct", "gpt4_correct"))
     folder = encoder_dir()
     results: dict[str, dict[str, Any]] = {}

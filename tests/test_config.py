@@ -60,7 +60,14 @@ def test_embedded_default_is_the_readme_shape() -> None:
 
     assert settings.targets["edge"].type == "onnx"
     assert settings.targets["cloud"].type == "openai"
-    assert [p["type"] for p in settings.policies] == ["explicit", "privacy", "context_window", "capability", "default"]
+    assert [p["type"] for p in settings.policies] == [
+        "explicit",
+        "privacy",
+        "context_window",
+        "capability",
+        "difficulty",
+        "default",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -38,10 +38,14 @@ def _embedder(kind: str, folder: str | None, max_tokens: int) -> Any:
     return StaticEmbedder(path) if kind == "static" else OnnxEmbedder(path, max_tokens=max_tokens)
 
 
-def _embed(embedder: Any, rows: Rows, batch: int = 64) -> Any:
+def _embed(embedder: Any, rows: Rows) -> Any:
     from router.classify.classifier import clip_for_embedding
 
     texts = [clip_for_embedding(text) for text in rows.prompts]
+    # The int8 encoder quantises activations with one scale per batch, so a
+    # text's vector depends on its batch-mates; serving embeds one request at
+    # a time, and so must training, or the head learns from other vectors.
+    batch = 64 if embedder.cheap else 1
     started = time.perf_counter()
     out = np.concatenate([embedder.embed(texts[i : i + batch]) for i in range(0, len(texts), batch)])
     print(
