@@ -352,6 +352,11 @@ class _Phones:
         return 0.6 if possible and re.search(r"[ ().-]", candidate) else 0.0
 
 
+# Any decimal digit: every number finder below needs one (a regex scan is ~5x faster than
+# a per-character generator).
+_ANY_DIGIT = re.compile(r"\d")
+
+
 @dataclass
 class PatternDetector:
     """The built-in detector: patterns, checksums and decoders (see the module docstring).
@@ -380,7 +385,7 @@ class PatternDetector:
         yield from _names(text)
         if "@" in text:
             yield from _emails(text)
-        if any(ch.isdigit() for ch in text):
+        if _ANY_DIGIT.search(text):
             for finder in (_cards, _ibans, _national_ids, _ip_addresses, self._phones, _addresses):
                 yield from finder(text)
         elif ":" in text:
