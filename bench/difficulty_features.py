@@ -76,9 +76,7 @@ def prefill_features(texts: list[str]) -> tuple[Any, float]:
 
 
 def score(features: Any, rows: Rows) -> dict[str, float]:
-    # Same three-way split as `router train`: fit, pick the head kind, report on unseen rows.
-    train, pick = ~rows.validation & ~rows.selection, rows.selection & ~rows.contaminated
-    val = rows.validation & ~rows.contaminated
+    train, pick, val = rows.split()  # as `router train`: fit, pick the head kind, report on unseen rows
     v, p = rows.subset(val), rows.subset(pick)
     heads = fit_heads(features[train], rows.subset(train).edge_worse, features[pick], p.weak, p.strong)
     curve = evaluate_router(heads[0].predict(features[val]), v.weak, v.strong)

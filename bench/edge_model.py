@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -75,15 +76,12 @@ def onnx_bytes_per_token(folder: Path) -> int:
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, set()).add(node.op_type)
-    total = 0
-    for init in model.graph.initializer:
-        if consumers.get(init.name, set()) <= {"Gather", "GatherBlockQuantized"} and init.name in consumers:
-            continue
-        count = 1
-        for dim in init.dims:
-            count *= dim
-        total += count * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-    return total
+    gathered_only = {"Gather", "GatherBlockQuantized"}
+    return sum(
+        math.prod(init.dims) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        for init in model.graph.initializer
+        if not consumers.get(init.name, gathered_only) <= gathered_only
+    )
 
 
 def worker_onnx(folder: str, threads: int, repeats: int) -> dict[str, Any]:

@@ -17,7 +17,6 @@ Builds missing from the model cache are built first (fp32 is ~540 MB).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -67,10 +66,11 @@ def main() -> None:
 
     from edge_models.build import build_model
     from edge_models.catalog import DEFAULT_MODEL, DEFAULT_PRECISION
+    from edge_models.labeling import read_jsonl
     from edge_models.runtime import EdgeModel
 
-    texts = [json.loads(line)["text"] for line in (DATA / "edge_agreement_texts.jsonl").read_text().splitlines()]
-    qa = [json.loads(line) for line in (DATA / "edge_qa.jsonl").read_text().splitlines()]
+    texts = [row["text"] for row in read_jsonl(DATA / "edge_agreement_texts.jsonl")]
+    qa = read_jsonl(DATA / "edge_qa.jsonl")
     precisions = ["fp32"] + [p for p in args.precisions.split(",") if p != "fp32"]
     results: dict[str, dict[str, Any]] = {}
     for precision in precisions:

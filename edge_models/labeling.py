@@ -60,7 +60,7 @@ def extract_number(text: str) -> float | None:
         return None
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     # Not splitlines(): it also splits on U+2028 and friends, which JSON strings may contain.
     return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
 
@@ -113,14 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model = EdgeModel.load(args.model, threads=args.threads)
-    done = {row["id"] for row in _read(args.out)} if args.out.exists() else set()
+    done = {row["id"] for row in read_jsonl(args.out)} if args.out.exists() else set()
     manifest = json.loads((args.model / "build.json").read_text()) if (args.model / "build.json").exists() else {}
     tag = {"edge_model": manifest.get("name", args.model.name), "edge_precision": manifest.get("precision")}
     with args.out.open("a") as out:
         for name, path, labeller in (("mmlu", args.mmlu, label_mmlu), ("gsm8k", args.gsm8k, label_gsm8k)):
             if path is None:
                 continue
-            rows = [r for r in _read(path)[: args.limit] if row_id(r) not in done]
+            rows = [r for r in read_jsonl(path)[: args.limit] if row_id(r) not in done]
             started, correct = time.perf_counter(), 0
             for index, label in enumerate(labeller(model, rows), start=1):
                 out.write(json.dumps({**label, **tag}) + "\n")

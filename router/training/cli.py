@@ -64,9 +64,7 @@ def train(args: argparse.Namespace) -> int:
     rows = _rows(args)
     embedder = _embedder(args.encoder, args.encoder_dir, args.encoder_max_tokens)
     features = _embed(embedder, rows)
-    train_mask = ~rows.validation & ~rows.selection
-    pick_mask = rows.selection & ~rows.contaminated
-    val_mask = rows.validation & ~rows.contaminated
+    train_mask, pick_mask, val_mask = rows.split()
     val, pick = rows.subset(val_mask), rows.subset(pick_mask)
     heads = fit_heads(
         features[train_mask], rows.subset(train_mask).edge_worse, features[pick_mask], pick.weak, pick.strong

@@ -12,7 +12,6 @@ those, so the validation rows are not used to pick the head they report on.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_models.labeling import row_id
+from edge_models.labeling import read_jsonl, row_id
 
 __all__ = ["Rows", "load_rows", "prompt_of", "row_id"]
 
@@ -35,11 +34,6 @@ def prompt_of(row: dict[str, Any]) -> str:
         return question
     letters = "ABCDEFGHIJ"
     return question + "\n" + "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(choices)) + "\nAnswer:"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    # Not splitlines(): it also splits on U+2028, which JSON strings may contain.
-    return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
 
 
 @dataclass
@@ -71,6 +65,12 @@ class Rows:
             self.selection[keep],
         )
 
+    def split(self) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Masks of the rows to fit on, to pick the head kind on, and to report on;
+        contaminated rows are left out of the last two, as RouteLLM does."""
+        clean = ~self.contaminated
+        return ~self.validation & ~self.selection, self.selection & clean, self.validation & clean
+
     @property
     def edge_worse(self) -> npt.NDArray[np.float64]:
         """The training target: the strong model right where the weak one is wrong."""
@@ -90,11 +90,11 @@ def load_rows(
     unless ``require_labels`` is False (calibration needs only prompts)."""
     extra: dict[str, dict[str, Any]] = {}
     for path in join:
-        for item in _read_jsonl(path):
+        for item in read_jsonl(path):
             extra.setdefault(str(item["id"]), {}).update(item)
     prompts, weak, strong, ids, contaminated, validation, selection = [], [], [], [], [], [], []
     for path in paths:
-        for row in _read_jsonl(path):
+        for row in read_jsonl(path):
             key = row_id(row)
             merged = {**row, **extra.get(key, {})}
             if require_labels and (weak_col not in merged or strong_col not in merged):

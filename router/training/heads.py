@@ -54,12 +54,12 @@ def _sklearn() -> Any:
 
 
 def fit_heads(
-    train_x: Array, train_y: Array, val_x: Array, val_weak: Array, val_strong: Array, *, seed: int = 0
+    train_x: Array, train_y: Array, pick_x: Array, pick_weak: Array, pick_strong: Array, *, seed: int = 0
 ) -> list[FittedHead]:
     """Fit every head kind; each is scored by APGR on held-out selection rows, best first."""
     sk = _sklearn()
     mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
-    scaled, val_scaled = (train_x - mean) / std, (val_x - mean) / std
+    scaled = (train_x - mean) / std
     fitted = []
     for c in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 0.1, 1.0):
         model = sk.linear_model.LogisticRegression(C=c, max_iter=2000)
@@ -78,8 +78,8 @@ def fit_heads(
             FittedHead(f"mlp(64, alpha={alpha})", [(first_w, first_b), (mlp.coefs_[1], mlp.intercepts_[1])], 0.0)
         )
     for head in fitted:
-        head.selection_apgr = evaluate_router(head.predict(val_x), val_weak, val_strong).apgr
-    del scaled, val_scaled
+        head.selection_apgr = evaluate_router(head.predict(pick_x), pick_weak, pick_strong).apgr
+    del scaled
     return sorted(fitted, key=lambda h: -h.selection_apgr)
 
 
