@@ -49,6 +49,7 @@ check: setup lint types
 bench: setup
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/classifier.py
+	$(BIN)/python bench/provider_adapters.py
 	$(BIN)/python bench/edge_quality.py
 	$(BIN)/python bench/edge_model.py   # the llama.cpp column needs the bench extra (see README)
 
