@@ -2,7 +2,7 @@
 #   make run    set up, then serve on 127.0.0.1:8080 with the embedded config
 #   make test   set up, then run the test suite
 #   make check  format check, lint, strict types, tests
-#   make bench  the benchmarks (see bench/README.md)
+#   make bench  the benchmarks (README, "Benchmarks")
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
