@@ -29,7 +29,15 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["ChatMessage", "EdgeModel", "Generation", "SamplingOptions", "StopMatcher", "default_threads"]
+__all__ = [
+    "ChatMessage",
+    "EdgeModel",
+    "Generation",
+    "SamplingOptions",
+    "StopMatcher",
+    "default_threads",
+    "token_logprob",
+]
 
 ChatMessage = dict[str, str]
 FinishReason = Literal["stop", "length"]
@@ -101,7 +109,10 @@ class Generation:
     """One generation: iterate it for text pieces, then read the counts.
 
     Pieces are whole characters (the tokenizer stream never splits a UTF-8
-    sequence) with stop sequences already removed.
+    sequence) with stop sequences already removed. With ``logprobs=True``,
+    :attr:`token_logprobs` collects the model's log-probability of each
+    generated token (end-of-sequence included): a confidence signal for the
+    answer, at the cost of one logits copy and log-softmax per step.
     """
 
     def __init__(
@@ -110,6 +121,8 @@ class Generation:
         prompt_ids: npt.NDArray[np.int32],
         options: SamplingOptions,
         cancel: threading.Event | None = None,
+        *,
+        logprobs: bool = False,
     ) -> None:
         self.model = model
         self.prompt_ids = prompt_ids
@@ -121,6 +134,7 @@ class Generation:
         self.cancelled = False
         self.first_token_s: float | None = None
         self.elapsed_s = 0.0
+        self.token_logprobs: list[float] | None = [] if logprobs else None
 
     def __iter__(self) -> Iterator[str]:
         og = _genai()
@@ -141,9 +155,14 @@ class Generation:
                 if self.cancel.is_set():
                     self.cancelled = True
                     return
+                # The logits the next token is picked from, read before the pick (which only
+                # reads them): the model's own distribution, before repetition penalty or temperature.
+                logits = generator.get_logits() if self.token_logprobs is not None else None
                 generator.generate_next_token()
                 last = int(generator.get_next_tokens()[0])
                 self.completion_tokens += 1
+                if self.token_logprobs is not None:
+                    self.token_logprobs.append(token_logprob(logits, last))
                 if self.first_token_s is None:
                     self.first_token_s = time.perf_counter() - started
                 if last in eos:
@@ -165,6 +184,20 @@ class Generation:
         finally:
             self.elapsed_s = time.perf_counter() - started
             del generator
+
+
+def token_logprob(logits: Any, token: int) -> float:
+    """``log_softmax(logits)[token]`` over the last position's logits, computed stably.
+
+    >>> import numpy as np
+    >>> round(token_logprob(np.log(np.array([[[0.5, 0.25, 0.25]]], dtype=np.float32)), 1), 4)
+    -1.3863
+    """
+    import numpy as np
+
+    row = np.asarray(logits, dtype=np.float32).reshape(-1)
+    top = row.max()
+    return float(row[token] - top - np.log(np.exp(row - top).sum()))
 
 
 class EdgeModel:
@@ -237,6 +270,16 @@ class EdgeModel:
         prompt_ids: npt.NDArray[np.int32],
         options: SamplingOptions,
         cancel: threading.Event | None = None,
+        *,
+        logprobs: bool = False,
     ) -> Generation:
         self.check_fits(len(prompt_ids))
-        return Generation(self, prompt_ids, options, cancel)
+        return Generation(self, prompt_ids, options, cancel, logprobs=logprobs)
+
+    def next_token_logprobs(self, prompt_ids: npt.NDArray[np.int32], tokens: Sequence[int]) -> list[float]:
+        """The log-probability of each of ``tokens`` being the next one after ``prompt_ids`` (one prefill)."""
+        self.check_fits(len(prompt_ids))
+        generator = _genai().Generator(self.model, self.search_params(SamplingOptions(1), len(prompt_ids) + 1))
+        generator.append_tokens(prompt_ids)
+        logits = generator.get_logits()
+        return [token_logprob(logits, token) for token in tokens]

@@ -103,7 +103,8 @@ class ChatRequest(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
-    seed: int | None = None
+    # OpenAI's seed is a 64-bit integer; a larger one would not survive re-encoding for an upstream.
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     user: str | None = None
     response_format: dict[str, Any] | None = None
@@ -194,11 +195,14 @@ class ChatResult:
 
     ``first_token_s`` is the seconds from the backend call to its first
     token, where the backend can tell (local models); None otherwise.
+    ``token_logprobs`` are the answer's per-token log-probabilities, where the
+    backend reports them when asked (the edge, for a cascade's confidence check).
     """
 
     body: ChatCompletion
     usage: Usage
     first_token_s: float | None = None
+    token_logprobs: tuple[float, ...] | None = None
 
 
 def new_completion_id() -> str:

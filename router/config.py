@@ -20,10 +20,12 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, 
 
 __all__ = [
     "TARGET_TYPES",
+    "check_fallbacks",
     "AnthropicTargetConfig",
     "AzureOpenAITargetConfig",
     "BedrockTargetConfig",
     "Capability",
+    "CircuitConfig",
     "ClassifierConfig",
     "GeminiTargetConfig",
     "SemanticRouteConfig",
@@ -32,6 +34,7 @@ __all__ = [
     "OnnxTargetConfig",
     "OpenAITargetConfig",
     "Price",
+    "RetryConfig",
     "RouterConfig",
     "TargetConfig",
     "Timeouts",
@@ -68,6 +71,66 @@ class Timeouts(_Strict):
     total_s: Annotated[float, Field(gt=0)] = 600.0
 
 
+class RetryConfig(_Strict):
+    """How a target's failed calls are tried again (README, "Resilience").
+
+    Only retryable failures (:attr:`router.errors.HybridRouterError.retryable`:
+    connect errors, 429, 5xx, timeouts before the first byte) are retried, and
+    only before the first byte of an answer. The wait before retry *n* is drawn
+    uniformly from ``[0, min(max_delay_s, base_delay_s * 2**(n-1))]``, and is at
+    least the upstream's ``Retry-After``; a ``Retry-After`` above ``max_delay_s``
+    ends the retries at once (the request falls back, or the client gets the
+    error with that ``Retry-After``). Retries are also capped by a budget: over
+    the last ``budget_window_s``, at most ``budget_floor`` plus ``budget_ratio``
+    of the calls made, so a failing upstream never sees a retry storm.
+
+    >>> RetryConfig(max_attempts=1).max_attempts  # no retries
+    1
+    """
+
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = Field(
+        default=3, description="Calls per request to this target, the first included; 1: no retries."
+    )
+    base_delay_s: Annotated[float, Field(ge=0)] = 0.2
+    max_delay_s: Annotated[float, Field(ge=0)] = 2.0
+    budget_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.2, description="Retries allowed per call made, over the window."
+    )
+    budget_window_s: Annotated[float, Field(gt=0)] = 10.0
+    budget_floor: Annotated[int, Field(ge=0)] = Field(
+        default=3, description="Retries always allowed per window, so that a quiet target can still retry."
+    )
+
+
+class CircuitConfig(_Strict):
+    """When a target's circuit breaker opens, and how it closes again (README, "Resilience").
+
+    It opens after ``failures`` consecutive failed calls (retries included), or
+    when at least ``error_rate`` of the calls in the last ``window_s`` failed
+    (once there were at least ``min_requests``). Open, the target reports not ready, so the router
+    skips it and says why; after ``open_s`` it lets ``half_open_probes`` calls
+    through, and closes when they all succeed (one failure opens it again).
+    A failure is the target's fault: a 5xx, 429, timeout, broken connection or
+    rejected key; a bad request, a content filter or a full local queue is not.
+
+    >>> CircuitConfig().failures
+    10
+    """
+
+    # Retries count as calls, and at 30% background failure and 100 calls/s, 5 in a row happen every few
+    # seconds: 10 keeps a flaky but useful cloud in use, and still takes a dead one out within ~4 requests.
+    failures: Annotated[int, Field(ge=1)] = 10
+    error_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    window_s: Annotated[float, Field(gt=0)] = 30.0
+    min_requests: Annotated[int, Field(ge=1)] = 20
+    open_s: Annotated[float, Field(gt=0)] = 15.0
+    half_open_probes: Annotated[int, Field(ge=1)] = 1
+
+
+def _no_retries() -> RetryConfig:
+    return RetryConfig(max_attempts=1)
+
+
 class _TargetCommon(_Strict):
     aliases: list[str] = Field(default_factory=list, description="Other `model` names that pin this target.")
     price_per_mtok: Price = Field(default_factory=Price)
@@ -75,12 +138,22 @@ class _TargetCommon(_Strict):
     latency_ms: Annotated[float, Field(gt=0)] = 1000.0
     supports: Capability = Field(default_factory=Capability)
     context_window: Annotated[int, Field(ge=1)] | None = None
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="Targets tried in order when this one fails before answering (README, 'Resilience'). "
+        "Only this list is tried, not the fallbacks' own lists; targets a policy forbids for the request are skipped.",
+    )
+    # A local target has nothing to retry (a full queue does not empty in a back-off) and no circuit.
+    retries: RetryConfig = Field(default_factory=_no_retries)
+    circuit: CircuitConfig | None = None
 
 
 class _CloudCommon(_TargetCommon):
     """What every HTTP (cloud) target has."""
 
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    circuit: CircuitConfig | None = Field(default_factory=CircuitConfig, description="null: no circuit breaker.")
     max_connections: Annotated[int, Field(ge=1)] = 100
     quality: Annotated[float, Field(ge=0, le=1)] = 0.9
     latency_ms: Annotated[float, Field(gt=0)] = 800.0
@@ -334,6 +407,11 @@ class RouterConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _fallbacks_known(self) -> RouterConfig:
+        check_fallbacks({name: target.fallback for name, target in self.targets.items()})
+        return self
+
+    @model_validator(mode="after")
     def _aliases_unique(self) -> RouterConfig:
         seen: dict[str, str] = {}
         for name, target in self.targets.items():
@@ -342,3 +420,24 @@ class RouterConfig(BaseModel):
                     raise ValueError(f"targets.{name}.aliases: {alias!r} is already a target or alias")
                 seen[alias] = name
         return self
+
+
+def check_fallbacks(fallbacks: dict[str, list[str]]) -> None:
+    """Raise ValueError naming the key when a target's ``fallback`` list names an unknown target, itself, or
+    a target twice. A chain is exactly the list (fallbacks' own lists are not followed), so no cycle can form:
+    ``edge: [cloud]`` with ``cloud: [edge]`` is fine.
+
+    >>> check_fallbacks({"edge": ["cloud"], "cloud": ["edge"]})
+    >>> check_fallbacks({"cloud": ["edg"]})
+    Traceback (most recent call last):
+    ValueError: targets.cloud.fallback: 'edg' is not a target; the targets are: cloud
+    """
+    for name, chain in fallbacks.items():
+        where = f"targets.{name}.fallback"
+        for other in chain:
+            if other == name:
+                raise ValueError(f"{where}: a target cannot fall back to itself")
+            if other not in fallbacks:
+                raise ValueError(f"{where}: {other!r} is not a target; the targets are: {', '.join(fallbacks)}")
+        if len(set(chain)) != len(chain):
+            raise ValueError(f"{where}: names a target twice")

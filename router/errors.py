@@ -11,20 +11,34 @@ re-raised as one of these ``from`` the original at the adapter boundary.
     ├── InvalidRequest                     400  invalid_request_error
     │   ├── ContextLengthExceeded          400  context_length_exceeded
     │   ├── UnknownModel                   404  model_not_found
-    │   └── PayloadTooLarge                413  payload_too_large
+    │   ├── RequestTimeout                 408  request_timeout
+    │   ├── PayloadTooLarge                413  payload_too_large
+    │   └── HeadersTooLarge                431  headers_too_large
     ├── AuthenticationFailed               401  invalid_api_key
     ├── PolicyViolation                    403  policy_violation
     ├── RateLimited                        429  rate_limit_exceeded
     ├── NoTargetAvailable                  503  no_target_available
-    └── BackendError                       502  upstream_error
-        ├── BackendBusy                    503  backend_busy
-        ├── UpstreamTimeout                504  upstream_timeout
-        ├── UpstreamConnectError           502  upstream_connect_error
-        ├── UpstreamRateLimited            429  upstream_rate_limited
+    ├── GatewayOverloaded                  503  gateway_overloaded
+    └── BackendError                       502  upstream_error           retryable
+        ├── BackendBusy                    503  backend_busy             retryable
+        ├── CircuitOpen                    503  circuit_open             retryable
+        ├── UpstreamTimeout                504  upstream_timeout         retryable
+        ├── UpstreamConnectError           502  upstream_connect_error   retryable
+        ├── UpstreamRateLimited            429  upstream_rate_limited    retryable
         ├── UpstreamAuthError              502  upstream_auth_error
         ├── UpstreamBadRequest             400  upstream_bad_request
         ├── ContentFiltered                400  content_filter
         └── UpstreamProtocolError          502  upstream_protocol_error
+
+``retryable`` errors (:attr:`HybridRouterError.retryable`) say the request is
+not at fault and the same call may succeed later: a plain ``BackendError`` is
+an upstream 5xx. Only they are tried again (:mod:`router.resilience`), and
+only before the first byte of an answer. The others are never retried: the
+request itself was refused (a bad request, a content filter: trying again,
+or elsewhere, would get round a provider's safety filter), our credentials
+were, or the upstream broke its protocol. An instance may say otherwise
+(``retryable=`` in the constructor), e.g. a connection that broke before any
+answer arrived.
 
 Messages are written for the caller and must never contain secrets: adapters
 build them from status codes and upstream error *messages*, never from
@@ -37,15 +51,19 @@ __all__ = [
     "AuthenticationFailed",
     "BackendBusy",
     "BackendError",
+    "CircuitOpen",
     "ConfigError",
     "ContentFiltered",
     "ContextLengthExceeded",
+    "GatewayOverloaded",
+    "HeadersTooLarge",
     "HybridRouterError",
     "InvalidRequest",
     "NoTargetAvailable",
     "PayloadTooLarge",
     "PolicyViolation",
     "RateLimited",
+    "RequestTimeout",
     "UnknownModel",
     "UpstreamAuthError",
     "UpstreamBadRequest",
@@ -67,6 +85,8 @@ class HybridRouterError(Exception):
     status_code: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
+    # Whether the same call may succeed if made again (see the tree above); a class default.
+    retryable: bool = False
 
     def __init__(
         self,
@@ -75,6 +95,7 @@ class HybridRouterError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -83,6 +104,8 @@ class HybridRouterError(Exception):
             self.code = code
         # Seconds the caller should wait before retrying; sent as Retry-After.
         self.retry_after = retry_after
+        if retryable is not None:
+            self.retryable = retryable
 
     def to_openai(self) -> dict[str, object]:
         """The body OpenAI's API would send for this error."""
@@ -123,11 +146,25 @@ class UnknownModel(InvalidRequest):
     code = "model_not_found"
 
 
+class RequestTimeout(InvalidRequest):
+    """The client did not send its whole body within ``server.body_timeout_s``."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(InvalidRequest):
     """The request body is larger than ``limits.max_body_bytes``."""
 
     status_code = 413
     code = "payload_too_large"
+
+
+class HeadersTooLarge(InvalidRequest):
+    """The request line and headers exceed ``server.max_header_bytes``."""
+
+    status_code = 431
+    code = "headers_too_large"
 
 
 class AuthenticationFailed(HybridRouterError):
@@ -162,12 +199,22 @@ class NoTargetAvailable(HybridRouterError):
     code = "no_target_available"
 
 
+class GatewayOverloaded(HybridRouterError):
+    """``server.max_concurrent_requests`` or ``server.max_connections`` is reached; carries ``retry_after``."""
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "gateway_overloaded"
+
+
 class BackendError(HybridRouterError):
     """A target failed to produce an answer."""
 
     status_code = 502
     type = "upstream_error"
     code = "upstream_error"
+    # An upstream 5xx, or a transport failure nothing more specific names.
+    retryable = True
 
 
 class BackendBusy(BackendError):
@@ -176,6 +223,19 @@ class BackendBusy(BackendError):
     status_code = 503
     type = "service_unavailable"
     code = "backend_busy"
+    retryable = True
+
+
+class CircuitOpen(BackendError):
+    """The target's circuit breaker is open after recent failures; carries ``retry_after`` (the next probe).
+
+    No call was made: the breaker refused it (:mod:`router.resilience.circuit`).
+    """
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "circuit_open"
+    retryable = True
 
 
 class UpstreamTimeout(BackendError):
@@ -183,12 +243,14 @@ class UpstreamTimeout(BackendError):
 
     status_code = 504
     code = "upstream_timeout"
+    retryable = True
 
 
 class UpstreamConnectError(BackendError):
     """The upstream could not be reached at all."""
 
     code = "upstream_connect_error"
+    retryable = True
 
 
 class UpstreamRateLimited(BackendError):
@@ -197,12 +259,14 @@ class UpstreamRateLimited(BackendError):
     status_code = 429
     type = "rate_limit_error"
     code = "upstream_rate_limited"
+    retryable = True
 
 
 class UpstreamAuthError(BackendError):
     """The upstream rejected *our* credentials: an operator problem, not the caller's."""
 
     code = "upstream_auth_error"
+    retryable = False
 
 
 class UpstreamBadRequest(BackendError):
@@ -211,6 +275,7 @@ class UpstreamBadRequest(BackendError):
     status_code = 400
     type = "invalid_request_error"
     code = "upstream_bad_request"
+    retryable = False
 
 
 class ContentFiltered(BackendError):
@@ -219,9 +284,11 @@ class ContentFiltered(BackendError):
     status_code = 400
     type = "invalid_request_error"
     code = "content_filter"
+    retryable = False
 
 
 class UpstreamProtocolError(BackendError):
     """The upstream answered with something that is not its documented format."""
 
     code = "upstream_protocol_error"
+    retryable = False

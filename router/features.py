@@ -8,12 +8,61 @@ what to do with the numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from router.classify.personal_data import Span
-from router.classify.semantic import RouteMatch
+__all__ = ["Difficulty", "Features", "PersonalData", "RouteMatch", "Span", "Uninspectable"]
 
-__all__ = ["Difficulty", "Features", "PersonalData"]
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One piece of personal data: its kind, where it is, and how sure the detector is."""
+
+    kind: str
+    start: int
+    end: int
+    confidence: float = 1.0
+    # How it was found when it was not plain text, e.g. "base64" or "url".
+    via: str = ""
+    # Which outgoing field it is in (``messages[0].content``), offsets then being
+    # into that field; empty while the span is over the text a detector was given.
+    field: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        # The matched text is left out on purpose: spans end up in logs and in /v1/route.
+        out: dict[str, object] = {
+            "kind": self.kind,
+            "start": self.start,
+            "end": self.end,
+            "confidence": self.confidence,
+        }
+        if self.via:
+            out["via"] = self.via
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Uninspectable:
+    """A value that would leave the machine but cannot be read as text (image, audio, file bytes)."""
+
+    field: str
+    kind: Literal["image", "audio", "file"]
+
+    def to_dict(self) -> dict[str, str]:
+        return {"field": self.field, "kind": self.kind}
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """The best route and its similarity; ``route`` is None below the threshold."""
+
+    route: str | None
+    score: float
+    best: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"route": self.route, "score": round(self.score, 4), "closest": self.best}
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,12 +71,16 @@ class PersonalData:
 
     ``error`` is set when the detector failed or ran out of time; the request
     is then treated as containing personal data (``found`` is True): failing closed.
+    ``spans`` are located on the outgoing fields (``Span.field``);
+    ``uninspectable`` lists what leaves the machine unread (the ``privacy``
+    policy's ``on_uninspectable`` decides on it).
     """
 
     found: bool
     spans: tuple[Span, ...] = ()
     detector: str = ""
     error: str | None = None
+    uninspectable: tuple[Uninspectable, ...] = ()
 
     @property
     def kinds(self) -> list[str]:
@@ -40,6 +93,7 @@ class PersonalData:
             "spans": [span.to_dict() for span in self.spans],
             "detector": self.detector,
             "error": self.error,
+            "uninspectable": [item.to_dict() for item in self.uninspectable],
         }
 
 

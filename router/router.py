@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from router.backends.base import Backend, Readiness
+from router.backends.cascade import CascadeBackend
+from router.backends.redacting import RedactingBackend
 from router.chat import ChatRequest
+from router.classify.base import Classifier
 from router.classify.classifier import RequestClassifier
-from router.classify.redaction import RedactingBackend
-from router.errors import BackendBusy, HybridRouterError, NoTargetAvailable, PolicyViolation, UnknownModel
+from router.config import check_fallbacks
+from router.errors import BackendBusy, ConfigError, HybridRouterError, NoTargetAvailable, PolicyViolation, UnknownModel
 from router.features import Features
-from router.policies.base import Policy, RoutingContext, Tally, TargetView, Verdict
+from router.policies.base import Cascade, OutcomeObserver, Policy, RoutingContext, Tally, TargetView, Verdict
+from router.resilience.failover import FailoverBackend
 
-__all__ = ["AUTO", "Decision", "Router", "TargetProfile", "TrailEntry"]
+__all__ = ["AUTO", "Decision", "FallbackStep", "Router", "TargetProfile", "TrailEntry", "describe_targets"]
 
 AUTO = "auto"
 
@@ -43,6 +47,16 @@ class TargetProfile:
     quality: float = 0.5
     latency_ms: float = 1000.0
     aliases: tuple[str, ...] = ()
+    # Targets to try in order when this one fails before answering (README, "Resilience").
+    fallback: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackStep:
+    """A target a request may fall back to, and whether the request must be redacted on the way there."""
+
+    target: str
+    redact: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +84,15 @@ class Decision:
     skipped: Mapping[str, str] = field(default_factory=dict)
     # True when personal data must be redacted on the way to the chosen (non-local) target.
     redact: bool = False
+    # Whether restored values (never credentials) may go back into tool-call arguments.
+    restore_in_tool_arguments: bool = True
+    # Set when the target answers first and may escalate (the ``cascade`` policy).
+    cascade: Cascade | None = None
+    # The chosen target's configured fallbacks that no policy forbids for this request, in order.
+    fallback: tuple[FallbackStep, ...] = ()
+    # Set when a required target could not serve and ``target`` is its fallback; the reason is a code.
+    fallback_from: str | None = None
+    fallback_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -83,9 +106,24 @@ class Decision:
             "decision_ms": round(self.decision_ms, 3),
             "redact": self.redact,
         }
+        if self.cascade is not None:
+            out["cascade"] = self.cascade.to_dict()
+        if self.fallback:
+            out["fallback"] = [step.target for step in self.fallback]
+        if self.fallback_from is not None:
+            out["fallback_from"] = self.fallback_from
         if self.error is not None:
             out["error"] = self.error.to_openai()["error"]
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Rescue:
+    source: str
+    target: str
+    reason: str
+    code: str
+    rest: tuple[FallbackStep, ...]
 
 
 class _Unroutable(Exception):
@@ -113,7 +151,7 @@ class Router:
         backends: Mapping[str, Backend],
         policies: Sequence[Policy],
         profiles: Mapping[str, TargetProfile] | None = None,
-        classifier: RequestClassifier | None = None,
+        classifier: Classifier | None = None,
         config_version: str = "unversioned",
         latency_alpha: float = 0.2,
     ) -> None:
@@ -122,18 +160,28 @@ class Router:
         self.backends = dict(backends)
         self.policies = list(policies)
         self.profiles = {name: (profiles or {}).get(name, TargetProfile()) for name in self.backends}
-        self.classifier = classifier or RequestClassifier()
+        self.classifier: Classifier = classifier or RequestClassifier()
         self.config_version = config_version
         self._alpha = latency_alpha
         self._latency: dict[str, float] = {}
         self._names: dict[str, str] = {name: name for name in self.backends}
         for name, profile in self.profiles.items():
             self._names.update(dict.fromkeys(profile.aliases, name))
+        try:
+            check_fallbacks({name: list(profile.fallback) for name, profile in self.profiles.items()})
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     @property
     def model_names(self) -> list[str]:
         """``auto``, then every target name and alias a request may pin."""
         return [AUTO, *self._names]
+
+    def observe_outcome(self, request: ChatRequest, target: str, ok: bool) -> None:
+        """Tell the policies that learn from outcomes (``sticky``) where ``request`` was served."""
+        for policy in self.policies:
+            if isinstance(policy, OutcomeObserver):
+                policy.observe(request, target, ok)
 
     def observe_latency(self, target: str, milliseconds: float) -> None:
         """Feed an observed latency into the target's moving average."""
@@ -141,20 +189,7 @@ class Router:
         self._latency[target] = milliseconds if previous is None else previous + self._alpha * (milliseconds - previous)
 
     def target_views(self) -> dict[str, TargetView]:
-        views = {}
-        for name, backend in self.backends.items():
-            profile = self.profiles[name]
-            views[name] = TargetView(
-                name=name,
-                model=backend.model,
-                capabilities=backend.capabilities,
-                readiness=backend.readiness(),
-                price_input=profile.price_input,
-                price_output=profile.price_output,
-                quality=profile.quality,
-                latency_ms=self._latency.get(name, profile.latency_ms),
-            )
-        return views
+        return describe_targets(self.backends, self.profiles, self._latency)
 
     async def decide(self, request: ChatRequest) -> Decision:
         """Classify ``request``, run the policies and resolve: never raises for a routing outcome."""
@@ -192,21 +227,101 @@ class Router:
         def elapsed() -> float:
             return (time.perf_counter() - started) * 1000
 
+        rescued: _Rescue | None = None
         try:
             target, reason, by = _Resolution(tally, views, verdicts, skipped).resolve()
         except _Unroutable as exc:
-            return Decision(None, exc.error.message, exc.decided_by, features, trail, self.config_version, elapsed(),
-                            exc.error, skipped)  # fmt: skip
+            rescued = self._rescue(tally, views, exc, trail)
+            if rescued is None:
+                return Decision(None, exc.error.message, exc.decided_by, features, trail, self.config_version,
+                                elapsed(), exc.error, skipped)  # fmt: skip
+            target, reason, by = rescued.target, rescued.reason, "fallback"
+            skipped[rescued.source] = _unavailable(views[rescued.source].readiness)
         redact = tally.redact and not views[target].capabilities.local
-        return Decision(target, reason, by, features, trail, self.config_version, elapsed(), None, skipped, redact)
+        cascade = _resolve_cascade(tally, views, target, trail)
+        if cascade is not None:
+            fallback: tuple[FallbackStep, ...] = ()
+        elif rescued is not None:
+            fallback = rescued.rest
+        else:
+            fallback = _fallback_steps(tally, views, self.profiles[target].fallback, trail)
+        return Decision(target, reason, by, features, trail, self.config_version, elapsed(), None, skipped, redact,
+                        tally.restore_in_tool_arguments, cascade=cascade, fallback=fallback,
+                        fallback_from=rescued.source if rescued else None,
+                        fallback_reason=rescued.code if rescued else "")  # fmt: skip
+
+    def _rescue(
+        self, tally: Tally, views: Mapping[str, TargetView], error: _Unroutable, trail: list[TrailEntry]
+    ) -> _Rescue | None:
+        """A required target (a pinned model) that cannot serve now falls back at once to the first of its
+        fallbacks that is allowed and can: the same chain a failed call would have taken."""
+        source = tally.required
+        if source is None or error.decided_by != "readiness":
+            return None
+        steps = _fallback_steps(tally, views, self.profiles[source].fallback, trail)
+        for position, step in enumerate(steps):
+            if views[step.target].readiness.can_serve:
+                state = views[source].readiness
+                reason = f"{source} {_unavailable(state)}; falling back to {step.target}"
+                return _Rescue(source, step.target, reason, _readiness_code(state), steps[position + 1 :])
+        return None
 
     def backend_for(self, decision: Decision) -> Backend:
-        """The backend that serves ``decision``: wrapped to redact and restore when it says so."""
+        """The backend that serves ``decision``: wrapped to redact and restore when it says so,
+        in a :class:`CascadeBackend` when its answer may escalate, and in a :class:`FailoverBackend`
+        over its fallback chain when it has one."""
         assert decision.target is not None
         backend = self.backends[decision.target]
         if decision.redact:
-            return RedactingBackend(backend, self.classifier.detector)
+            backend = self._redacting(decision, backend)
+        if decision.cascade is not None:
+            return self._cascade(decision, decision.cascade, backend)
+        if decision.fallback:
+            return self._failover(decision, backend)
         return backend
+
+    def _failover(self, decision: Decision, first: Backend) -> FailoverBackend:
+        assert decision.target is not None
+        chain = [(decision.target, first)]
+        for step in decision.fallback:
+            backend = self.backends[step.target]
+            chain.append((step.target, self._redacting(decision, backend) if step.redact else backend))
+        return FailoverBackend(chain)
+
+    def _redacting(self, decision: Decision, backend: Backend) -> Backend:
+        if decision.features is None:
+            return backend
+        spans = decision.features.personal_data.spans
+        return RedactingBackend(backend, spans, restore_in_tool_arguments=decision.restore_in_tool_arguments)
+
+    def _cascade(self, decision: Decision, cascade: Cascade, first: Backend) -> CascadeBackend:
+        then = None if cascade.blocked else self.backends[cascade.then]
+        if then is not None and cascade.redact:
+            then = self._redacting(decision, then)
+        return CascadeBackend(first, then, threshold=cascade.threshold, signal=cascade.signal, then_name=cascade.then,
+                              blocked=cascade.blocked)  # fmt: skip
+
+
+def describe_targets(
+    backends: Mapping[str, Backend],
+    profiles: Mapping[str, TargetProfile],
+    latency: Mapping[str, float] | None = None,
+) -> dict[str, TargetView]:
+    """What policies may know about each target now: its profile, capabilities and live state."""
+    views = {}
+    for name, backend in backends.items():
+        profile = profiles.get(name, TargetProfile())
+        views[name] = TargetView(
+            name=name,
+            model=backend.model,
+            capabilities=backend.capabilities,
+            readiness=backend.readiness(),
+            price_input=profile.price_input,
+            price_output=profile.price_output,
+            quality=profile.quality,
+            latency_ms=(latency or {}).get(name, profile.latency_ms),
+        )
+    return views
 
 
 def _apply(tally: Tally, verdict: Verdict) -> None:
@@ -219,6 +334,45 @@ def _apply(tally: Tally, verdict: Verdict) -> None:
     for name, score in verdict.scores.items():
         tally.scores[name] = tally.scores.get(name, 0.0) + score
     tally.redact = tally.redact or verdict.redact
+    tally.restore_in_tool_arguments = tally.restore_in_tool_arguments and verdict.restore_in_tool_arguments
+    if verdict.cascade and tally.cascade is None:
+        tally.cascade = verdict.cascade
+
+
+def _fallback_steps(
+    tally: Tally, views: Mapping[str, TargetView], names: Sequence[str], trail: list[TrailEntry]
+) -> tuple[FallbackStep, ...]:
+    """The configured fallbacks this request may use: a target a policy forbids is left out (the trail says so),
+    and a non-local one is redacted when the privacy policy said redact."""
+    steps = []
+    for name in names:
+        if name in tally.forbidden:
+            trail.append(TrailEntry("fallback", f"no fallback to {name}: forbidden ({tally.forbidden[name]})", {}))
+            continue
+        steps.append(FallbackStep(name, redact=tally.redact and not views[name].capabilities.local))
+    return tuple(steps)
+
+
+def _resolve_cascade(
+    tally: Tally, views: Mapping[str, TargetView], target: str, trail: list[TrailEntry]
+) -> Cascade | None:
+    """The tally's cascade if it starts at ``target``, with escalation blocked where the policies or
+    readiness rule ``then`` out now (the trail says so); None when there is no cascade to run."""
+    cascade = tally.cascade
+    if cascade is None or cascade.first != target:
+        return None
+    if tally.required is not None:
+        trail.append(TrailEntry("cascade", f"no cascade: {tally.required} is required", {}))
+        return None
+    then = views[cascade.then]
+    if cascade.then in tally.forbidden:
+        blocked = f"{cascade.then} forbidden ({tally.forbidden[cascade.then]})"
+    elif not then.readiness.can_serve:
+        blocked = f"{cascade.then} {_unavailable(then.readiness)}"
+    else:
+        return replace(cascade, redact=tally.redact and not then.capabilities.local)
+    trail.append(TrailEntry("cascade", f"{target} answers; no escalation: {blocked}", {}))
+    return replace(cascade, blocked=blocked)
 
 
 @dataclass
@@ -313,6 +467,13 @@ def _check_can_serve(name: str, readiness: Readiness, why: str) -> None:
     if not readiness.ready:
         suffix = f" (chosen because: {why})" if why else ""
         raise _Unroutable(NoTargetAvailable(f"target {name} is not ready: {readiness.reason}{suffix}"), "readiness")
+
+
+def _readiness_code(readiness: Readiness) -> str:
+    """An error code for why a target cannot serve, as a failed call would have reported it."""
+    if readiness.busy:
+        return "backend_busy"
+    return "circuit_open" if readiness.detail.get("circuit") in ("open", "half_open") else "not_ready"
 
 
 def _unavailable(readiness: Readiness) -> str:

@@ -18,8 +18,10 @@ __all__ = ["EstimateCounter", "TokenCounter"]
 class TokenCounter(Protocol):
     """Counts the tokens a request's messages take."""
 
-    name: str
-    """Shown in ``/v1/route`` so a reader knows how exact the count is."""
+    @property
+    def name(self) -> str:
+        """Shown in ``/v1/route`` so a reader knows how exact the count is."""
+        ...
 
     def count(self, request: ChatRequest) -> int: ...
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 
 from router.errors import AuthenticationFailed
-from service.settings import AuthSettings
+from service.settings import AuthSettings, ServerSettings
 
-__all__ = ["KeyChecker", "hash_key"]
+__all__ = ["KeyChecker", "hash_key", "is_loopback", "open_access_warning", "startup_problems"]
 
 
 def hash_key(key: str) -> str:
@@ -26,7 +27,8 @@ class KeyChecker:
     """Checks ``Authorization: Bearer <key>`` against configured key hashes.
 
     With no key configured every request passes: the sidecar default, where
-    the gateway listens on loopback next to its one app.
+    the gateway listens on loopback next to its one app (:func:`startup_problems`
+    keeps it from starting anywhere else that way).
     """
 
     def __init__(self, hashes: Iterable[str] = ()) -> None:
@@ -48,10 +50,65 @@ class KeyChecker:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'.")
-        presented = hashlib.sha256(key.strip().encode()).digest()
+        if not self._matches(key.strip()):
+            raise AuthenticationFailed("Incorrect API key provided.")
+
+    def authenticated(self, authorization: str | None) -> bool:
+        """True only for a valid key; with no keys configured nobody is, so nothing private is shown."""
+        scheme, _, key = (authorization or "").partition(" ")
+        return bool(self._digests) and scheme.lower() == "bearer" and bool(key.strip()) and self._matches(key.strip())
+
+    def _matches(self, key: str) -> bool:
+        presented = hashlib.sha256(key.encode()).digest()
         # Compare against every digest, without stopping early, so timing reveals nothing.
         matched = False
         for digest in self._digests:
             matched |= hmac.compare_digest(presented, digest)
-        if not matched:
-            raise AuthenticationFailed("Incorrect API key provided.")
+        return matched
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine.
+
+    >>> [is_loopback(h) for h in ("127.0.0.2", "::1", "localhost", "0.0.0.0", "::", "example.com")]
+    [True, True, True, False, False, False]
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        # Any other name may resolve to a public interface: treat it as one.
+        return False
+
+
+def startup_problems(server: ServerSettings, auth: AuthSettings, checker: KeyChecker) -> list[str]:
+    """What makes serving with these settings unsafe, each with what to do; empty when nothing does.
+
+    ``hybrid-router serve`` refuses to start on any of them and
+    ``hybrid-router config check`` reports them.
+    """
+    problems = []
+    keys_hint = (
+        f"set client keys (plain keys, comma-separated, in ${auth.api_keys_env}, "
+        "or `hybrid-router auth hash KEY` into auth.api_key_hashes)"
+    )
+    if not checker.enabled and not auth.allow_unauthenticated and not is_loopback(server.host):
+        problems.append(
+            f"refusing to serve on {server.host}:{server.port} without client keys: anyone who can reach that "
+            f"address could use the gateway and spend its cloud keys. Do one of: {keys_hint}; or listen on "
+            f"127.0.0.1 (server.host, --host); or, only if something in front of the gateway authenticates "
+            f"callers, set auth.allow_unauthenticated: true (HYBRID_ROUTER_AUTH__ALLOW_UNAUTHENTICATED=true)."
+        )
+    if server.metrics_auth and not checker.enabled:
+        problems.append(f"server.metrics_auth is true but no client keys are configured: {keys_hint}.")
+    return problems
+
+
+def open_access_warning(host: str, port: int, auth: AuthSettings) -> str:
+    """The one warning logged when the gateway serves without client keys."""
+    who = "any local process" if is_loopback(host) else "anyone who can reach it"
+    return (
+        f"no client keys configured: {who} can use the gateway on {host}:{port}; set ${auth.api_keys_env} or "
+        f"auth.api_key_hashes to require 'Authorization: Bearer <key>'"
+    )

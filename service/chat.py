@@ -9,28 +9,40 @@ failure, is counted, timed and logged once, with the request id.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from router.backends.base import Backend
+from router.backends.cascade import CascadeBackend, CascadeOutcome
 from router.chat import ChatChunk, ChatRequest, Usage
-from router.errors import HybridRouterError, InvalidRequest, PayloadTooLarge, UpstreamProtocolError, UpstreamTimeout
+from router.errors import (
+    HybridRouterError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from router.resilience.failover import FailoverBackend
 from router.router import Decision
-from service.gateway import Gateway
+from router.sessions import SESSION_ID
+from service.gateway import Gateway, Runtime
 from service.settings import LimitSettings
 from service.streaming import DONE, ClientGone, EventStreamResponse, cancel_on_disconnect, sse_event
 
-__all__ = ["chat_completions", "dry_run_route"]
+__all__ = ["chat_completions", "chat_openapi", "check_limits", "dry_run_route", "parse_chat_request", "read_body"]
 
 log = logging.getLogger("hybrid_router.access")
 
@@ -44,27 +56,38 @@ def request_id_for(request: Request) -> str:
     return uuid.uuid4().hex
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The whole body, at most ``limit`` bytes, arrived within ``timeout_s`` (a client trickling it gets 408)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}.")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s.") from None
     except ClientDisconnect as exc:
         raise InvalidRequest("The client disconnected while sending the body.") from exc
     return b"".join(chunks)
+
+
+def _hold(request: Request) -> Runtime:
+    """The live config, held for this request alone until it ends (``_finish``): a reload meanwhile swaps in
+    a new one beside it, so the request never sees two configs and its targets stay open."""
+    live: Gateway = request.app.state.gateway
+    return live.hold()
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     if not body:
         raise InvalidRequest("The request body is empty; send a JSON chat completion request.")
     try:
-        return ChatRequest.model_validate_json(body)
+        chat = ChatRequest.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         loc = ".".join(str(part) for part in first["loc"])
@@ -75,9 +98,53 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         count = len(exc.errors())
         more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
         raise InvalidRequest(f"Invalid value for '{loc}': {first['msg']}{more}", param=loc or None) from None
+    # JSON allows any number, but the request is re-encoded for upstreams (and for /v1/route's answer) by
+    # 64-bit encoders: refuse here what would otherwise fail there, in any field, known or not.
+    bad = _unencodable_number(chat, "")
+    if bad is not None:
+        raise InvalidRequest(
+            f"Invalid value for '{bad}': numbers must be finite and integers must fit in 64 bits.", param=bad
+        )
+    return chat
+
+
+_JSON_INTS = range(-(2**63), 2**64)  # what orjson, and the upstreams' JSON parsers, can carry
+
+
+def _unencodable_number(value: object, path: str) -> str | None:
+    """The path of the first huge integer, NaN or infinity in ``value``; None when there is none."""
+    items: Iterable[tuple[object, object]]
+    if isinstance(value, BaseModel):
+        fields = ((name, getattr(value, name)) for name in type(value).model_fields)
+        items = itertools.chain(fields, (value.model_extra or {}).items())
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    elif isinstance(value, bool):
+        return None
+    elif isinstance(value, int):
+        return None if value in _JSON_INTS else path
+    elif isinstance(value, float):
+        return None if math.isfinite(value) else path
+    else:
+        return None
+    for key, item in items:
+        found = _unencodable_number(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def check_limits(chat: ChatRequest, limits: LimitSettings) -> None:
+    for name in ("max_tokens", "max_completion_tokens"):
+        asked: int | None = getattr(chat, name)
+        if asked is not None and asked > limits.max_tokens_ceiling:
+            raise InvalidRequest(
+                f"'{name}' is {asked}; the limit is {limits.max_tokens_ceiling}.",
+                param=name,
+                code="max_tokens_too_large",
+            )
     if len(chat.messages) > limits.max_messages:
         raise InvalidRequest(
             f"Too many messages: {len(chat.messages)}; the limit is {limits.max_messages}.", param="messages"
@@ -88,6 +155,59 @@ def check_limits(chat: ChatRequest, limits: LimitSettings) -> None:
             param="messages",
             code="prompt_too_long",
         )
+
+
+def chat_openapi(limits: LimitSettings) -> dict[str, Any]:
+    """``openapi_extra`` for both chat routes: :class:`ChatRequest`'s JSON schema as the body.
+
+    The routes read the raw body (one parse, our own error messages), so
+    FastAPI cannot infer it. The schema carries the configured limits and
+    what the validators check, so that generated clients and fuzzers send
+    what the gateway accepts.
+    """
+    schema = _inline_refs(ChatRequest.model_json_schema())
+    props: dict[str, Any] = schema.get("properties", {})
+    messages = props.get("messages", {})
+    messages["maxItems"] = limits.max_messages
+    for name in ("max_tokens", "max_completion_tokens"):
+        _branch(props.get(name), "integer")["maximum"] = limits.max_tokens_ceiling
+    # Message._parts_have_a_type and ChatRequest._stops_not_empty, in schema form.
+    content = messages.get("items", {}).get("properties", {}).get("content")
+    _branch(_branch(content, "array").get("items"), "object").update(
+        required=["type"], properties={"type": {"type": "string"}}
+    )
+    _branch(props.get("stop"), "string")["minLength"] = 1
+    _branch(_branch(props.get("stop"), "array").get("items"), "string")["minLength"] = 1
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _branch(node: object, kind: str) -> dict[str, Any]:
+    """The part of ``node`` (a schema, or an ``anyOf`` of them) of JSON type ``kind``; a scratch dict if none,
+    so that a field whose type changed loses a refinement rather than breaking the app."""
+    if isinstance(node, dict):
+        for option in [node, *node.get("anyOf", ())]:
+            if isinstance(option, dict) and option.get("type") == kind:
+                return option
+    return {}
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its ``$defs`` inlined (ChatRequest's are not recursive), so it stands alone."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: object) -> object:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved = resolve(schema)
+    assert isinstance(resolved, dict)
+    return resolved
 
 
 def route_headers(decision: Decision, request_id: str) -> dict[str, str]:
@@ -112,10 +232,13 @@ class _Outcome:
     usage: Usage | None = None
     first_token_s: float | None = None
     error: str | None = None
+    cascade: CascadeOutcome | None = None
+    # "cloud->edge (upstream_rate_limited)" when a fallback target answered or was last tried.
+    fallback: str | None = None
 
 
 async def chat_completions(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway = _hold(request)
     outcome = _Outcome()
     request.state.request_id = request_id = request_id_for(request)
     chat: ChatRequest | None = None
@@ -146,15 +269,18 @@ async def chat_completions(request: Request) -> Response:
             _finish(gateway, outcome, request_id, chat)
 
 
-async def _parse(request: Request, gateway: Gateway) -> ChatRequest:
+async def _parse(request: Request, gateway: Runtime) -> ChatRequest:
     gateway.auth.check(request.headers.get("authorization"))
     limits = gateway.settings.limits
-    chat = parse_chat_request(await read_body(request, limits.max_body_bytes))
+    chat = parse_chat_request(await read_body(request, limits.max_body_bytes, gateway.settings.server.body_timeout_s))
     check_limits(chat, limits)
+    session = request.headers.get("x-session-id")
+    if session and _REQUEST_ID.fullmatch(session):
+        chat.memo[SESSION_ID] = session
     return chat
 
 
-async def _decide(request: Request, gateway: Gateway, chat: ChatRequest, outcome: _Outcome, request_id: str) -> Backend:
+async def _decide(request: Request, gateway: Runtime, chat: ChatRequest, outcome: _Outcome, request_id: str) -> Backend:
     decision = await gateway.router.decide(chat)
     gateway.metrics.decision.observe(decision.decision_ms / 1000)
     request.state.route_headers = route_headers(decision, request_id)
@@ -163,16 +289,18 @@ async def _decide(request: Request, gateway: Gateway, chat: ChatRequest, outcome
         raise decision.error
     assert decision.target is not None
     outcome.target = decision.target
+    if decision.fallback_from is not None:
+        _note_fallback(request, gateway, outcome, decision.fallback_from, decision.target, decision.fallback_reason)
     return gateway.router.backend_for(decision)
 
 
-def _record_failure(gateway: Gateway, outcome: _Outcome, exc: HybridRouterError) -> None:
+def _record_failure(gateway: Runtime, outcome: _Outcome, exc: HybridRouterError) -> None:
     if outcome.target != "none":
         gateway.metrics.upstream_errors.labels(outcome.target, exc.code or "error").inc()
 
 
 async def _complete(
-    request: Request, gateway: Gateway, backend: Backend, chat: ChatRequest, outcome: _Outcome
+    request: Request, gateway: Runtime, backend: Backend, chat: ChatRequest, outcome: _Outcome
 ) -> Response:
     timeout = gateway.settings.limits.request_timeout_s
     called = time.perf_counter()
@@ -181,6 +309,9 @@ async def _complete(
             result = await cancel_on_disconnect(backend.complete(chat), request.receive)
     except TimeoutError:
         raise UpstreamTimeout(f"The request did not finish within the {timeout:g} s deadline.") from None
+    finally:
+        _note_cascade(request, gateway, backend, outcome)
+        _note_failover(request, gateway, backend, outcome)
     outcome.usage = result.usage
     if result.first_token_s is not None:
         outcome.first_token_s = called - outcome.started + result.first_token_s
@@ -188,7 +319,7 @@ async def _complete(
 
 
 async def _stream(
-    request: Request, gateway: Gateway, backend: Backend, chat: ChatRequest, outcome: _Outcome
+    request: Request, gateway: Runtime, backend: Backend, chat: ChatRequest, outcome: _Outcome
 ) -> Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + gateway.settings.limits.request_timeout_s
@@ -206,6 +337,9 @@ async def _stream(
     except BaseException:
         await chunks.aclose()
         raise
+    finally:
+        _note_cascade(request, gateway, backend, outcome)
+        _note_failover(request, gateway, backend, outcome)
     request_id = request.state.request_id
     events = _events(gateway, chunks, first, chat, outcome, deadline, request_id)
     return EventStreamResponse(
@@ -214,7 +348,7 @@ async def _stream(
 
 
 async def _events(
-    gateway: Gateway,
+    gateway: Runtime,
     chunks: AsyncGenerator[ChatChunk, None],
     first: ChatChunk,
     chat: ChatRequest,
@@ -256,6 +390,45 @@ async def _events(
     yield DONE
 
 
+def _note_cascade(request: Request, gateway: Runtime, backend: Backend, outcome: _Outcome) -> None:
+    """Once a cascade has decided: the target that answers, the ``x-route-cascade`` header, the metrics."""
+    if not isinstance(backend, CascadeBackend) or backend.outcome is None or outcome.cascade is not None:
+        return
+    cascade = outcome.cascade = backend.outcome
+    outcome.target = cascade.target
+    headers = request.state.route_headers
+    headers["x-route-target"] = cascade.target
+    headers["x-route-cascade"] = cascade.describe().encode("ascii", "replace").decode()[:200]
+    profile = gateway.router.profiles[cascade.first]
+    gateway.metrics.record_cascade(cascade, price_input=profile.price_input, price_output=profile.price_output)
+
+
+def _note_failover(request: Request, gateway: Runtime, backend: Backend, outcome: _Outcome) -> None:
+    """Once a fallback chain has answered or failed: the target that did, the ``x-route-fallback`` headers,
+    the metric. Called once, after the answer or the first chunk (or the failure)."""
+    if not isinstance(backend, FailoverBackend):
+        return
+    record = backend.record
+    if record.served_by is not None:
+        outcome.target = record.served_by
+    elif record.failed:
+        outcome.target = record.failed[-1].target  # the error the client gets is this target's
+    if record.fell_back:
+        request.state.route_headers["x-route-target"] = outcome.target
+        _note_fallback(request, gateway, outcome, record.first, outcome.target, record.reason)
+
+
+def _note_fallback(request: Request, gateway: Runtime, outcome: _Outcome, source: str, to: str, reason: str) -> None:
+    """``x-route-fallback`` and its reason, the access log's note, the metric. Before any call, the router
+    falls back for a required target that cannot serve; after a failed call, the fallback chain does."""
+    headers = request.state.route_headers
+    headers["x-route-fallback"] = f"{source}->{to}"
+    headers["x-route-fallback-reason"] = reason
+    note = f"{source}->{to} ({reason})"
+    outcome.fallback = note if outcome.fallback is None else f"{outcome.fallback}; {note}"
+    gateway.metrics.fallbacks.labels(source, to, reason).inc()
+
+
 def _has_output(chunk: ChatChunk) -> bool:
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
@@ -264,7 +437,9 @@ def _has_output(chunk: ChatChunk) -> bool:
     return False
 
 
-def _finish(gateway: Gateway, outcome: _Outcome, request_id: str, chat: ChatRequest | None) -> None:
+def _finish(gateway: Runtime, outcome: _Outcome, request_id: str, chat: ChatRequest | None) -> None:
+    # First, so that no failure below skips it; nothing is closed before this function returns.
+    gateway.release()
     elapsed = time.perf_counter() - outcome.started
     metrics = gateway.metrics
     metrics.in_flight.dec()
@@ -272,10 +447,16 @@ def _finish(gateway: Gateway, outcome: _Outcome, request_id: str, chat: ChatRequ
     if outcome.target != "none":
         metrics.latency.labels(outcome.target, "true" if outcome.stream else "false").observe(elapsed)
         if outcome.status == 200:
-            gateway.router.observe_latency(outcome.target, (outcome.first_token_s or elapsed) * 1000)
+            # An escalated answer's own latency, without the first target's wasted seconds.
+            wasted = outcome.cascade.first_seconds if outcome.cascade and outcome.cascade.escalated else 0.0
+            gateway.router.observe_latency(outcome.target, ((outcome.first_token_s or elapsed) - wasted) * 1000)
+        if chat is not None:
+            gateway.router.observe_outcome(chat, outcome.target, outcome.status == 200)
     if outcome.first_token_s is not None:
         metrics.ttft.labels(outcome.target).observe(outcome.first_token_s)
-        if outcome.usage and outcome.usage.completion_tokens > 1 and elapsed > outcome.first_token_s:
+        # A cascade's kept answer is streamed from a buffer, all at once: no decode rate to see.
+        replayed = outcome.stream and outcome.cascade is not None and not outcome.cascade.escalated
+        if outcome.usage and outcome.usage.completion_tokens > 1 and elapsed > outcome.first_token_s and not replayed:
             rate = (outcome.usage.completion_tokens - 1) / (elapsed - outcome.first_token_s)
             metrics.decode_rate.labels(outcome.target).observe(rate)
     if outcome.usage is not None and outcome.target != "none":
@@ -298,16 +479,23 @@ def _finish(gateway: Gateway, outcome: _Outcome, request_id: str, chat: ChatRequ
         fields["tokens_in"], fields["tokens_out"] = outcome.usage.prompt_tokens, outcome.usage.completion_tokens
     if outcome.error:
         fields["error"] = outcome.error
+    if outcome.cascade is not None:
+        fields["cascade"] = outcome.cascade.describe()
+    if outcome.fallback is not None:
+        fields["fallback"] = outcome.fallback
     if chat is not None and gateway.settings.logging.log_prompts:
         fields["prompt"] = chat.prompt_text
     log.info("chat completion", extra=fields)
 
 
 async def dry_run_route(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway = _hold(request)
     request.state.request_id = request_id = request_id_for(request)
-    chat = await _parse(request, gateway)
-    decision = await gateway.router.decide(chat)
+    try:
+        chat = await _parse(request, gateway)
+        decision = await gateway.router.decide(chat)
+    finally:
+        gateway.release()
     body = decision.to_dict()
     body["request_id"] = request_id
     return Response(orjson.dumps(body), media_type="application/json", headers={"x-request-id": request_id})

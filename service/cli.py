@@ -27,41 +27,39 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from service.app import create_app
     from service.logs import configure_logging
-    from service.settings import load_settings
+    from service.server import serve
+    from service.settings import ConfigSource
 
-    settings = load_settings(args.config)
     given = {key: value for key in ("host", "port") if (value := getattr(args, key)) is not None}
-    settings = settings.model_copy(update={"server": settings.server.model_copy(update=given)})
+    # --host/--port beat the file and env vars, on every reload too.
+    source = ConfigSource.resolve(args.config, **({"server": given} if given else {}))
+    settings = source.load()
     configure_logging(settings.logging)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    serve(settings, source=source)
     return 0
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    from service.auth import open_access_warning, startup_problems
     from service.gateway import Gateway
     from service.settings import load_settings
 
     settings = load_settings(args.file)
     gateway = Gateway.from_settings(settings)
+    problems = startup_problems(settings.server, settings.auth, gateway.auth)
+    if problems:
+        raise ConfigError(f"{args.file}: {' '.join(problems)}")
     targets = ", ".join(f"{name} ({cfg.type})" for name, cfg in settings.targets.items())
     policies = " -> ".join(policy.name for policy in gateway.router.policies)
+    server = settings.server
     print(f"{args.file}: OK (config_version {settings.config_version})")
     print(f"  targets:  {targets}")
     print(f"  policies: {policies}")
+    if gateway.auth.enabled:
+        print(f"  auth:     client keys required on {server.host}:{server.port}")
+    else:
+        print(f"  warning:  {open_access_warning(server.host, server.port, settings.auth)}")
     return 0
 
 

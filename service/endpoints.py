@@ -7,7 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.gateway import Gateway
+from router.backends.base import Readiness
+from service.gateway import Runtime
 
 __all__ = ["healthz", "list_models", "metrics", "readyz"]
 
@@ -18,7 +19,7 @@ def _json(body: object, status: int = 200) -> Response:
 
 async def list_models(request: Request) -> Response:
     """``auto`` plus each target, in OpenAI's model-list shape with routing extras."""
-    gateway: Gateway = request.app.state.gateway
+    gateway: Runtime = request.app.state.gateway.runtime  # one config throughout
     gateway.auth.check(request.headers.get("authorization"))
     data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "hybrid-router"}]
     for name, backend in gateway.backends.items():
@@ -43,16 +44,35 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Each target's readiness; 503 when no target can serve."""
-    gateway: Gateway = request.app.state.gateway
+    """Each target's readiness; 503 when no target can serve.
+
+    Anyone may ask (probes carry no key), so by default each target says only
+    ready, busy or not ready: backends' own reasons name env vars and model
+    paths. A caller with a valid client key gets those reasons and details.
+    """
+    gateway: Runtime = request.app.state.gateway.runtime  # one config throughout
+    private = gateway.auth.authenticated(request.headers.get("authorization"))
     targets = {}
     for name, backend in gateway.backends.items():
         state = backend.readiness()
-        targets[name] = {"ready": state.ready, "busy": state.busy, "reason": state.reason, **state.detail}
+        if private:
+            targets[name] = {"ready": state.ready, "busy": state.busy, "reason": state.reason, **state.detail}
+        else:
+            targets[name] = {"ready": state.ready, "busy": state.busy, "reason": _public_reason(state)}
     serving = any(t["ready"] and not t["busy"] for t in targets.values())
     return _json({"status": "ready" if serving else "unavailable", "targets": targets}, 200 if serving else 503)
 
 
+def _public_reason(state: Readiness) -> str:
+    if not state.ready:
+        return "not ready"
+    return "busy" if state.busy else "ready"
+
+
 async def metrics(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    """Prometheus text. Labels are config names, policy names, statuses and error codes, never paths or env
+    var names; ``server.metrics_auth`` puts it behind a client key."""
+    gateway: Runtime = request.app.state.gateway.runtime  # one config throughout
+    if gateway.settings.server.metrics_auth:
+        gateway.auth.check(request.headers.get("authorization"))
     return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,7 @@ covered by one handler. Nothing here ever puts a traceback in a response.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from starlette.responses import Response
 
 from router.errors import HybridRouterError
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers", "openapi_errors"]
 
 log = logging.getLogger("hybrid_router.errors")
 
@@ -51,6 +52,9 @@ async def _on_router_error(request: Request, exc: Exception) -> Response:
     headers = _request_headers(request)
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    if exc.status_code == 408:
+        # The rest of a late body may still arrive; it must not be read as the next request.
+        headers["connection"] = "close"
     return error_response(exc.status_code, exc.message, type_=exc.type, code=exc.code, param=exc.param, headers=headers)
 
 
@@ -89,6 +93,45 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
         code="internal_error",
         headers=_request_headers(request),
     )
+
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+_STATUS_MEANING = {
+    400: "Invalid request: `param` names the field.",
+    401: "Missing or wrong client key.",
+    403: "A routing policy forbids what the request asks for.",
+    404: "Unknown model.",
+    408: "The body did not arrive within `server.body_timeout_s`.",
+    413: "The body is larger than `limits.max_body_bytes`.",
+    429: "A rate limit was hit; see `Retry-After`.",
+    502: "The target failed.",
+    503: "No target can serve, or the gateway is at `server.max_concurrent_requests`; see `Retry-After`.",
+    504: "The target did not answer in time.",
+}
+
+
+def openapi_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, each in OpenAI's error shape."""
+    return {
+        status: {"description": _STATUS_MEANING[status], "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+        for status in statuses
+    }
 
 
 def install_error_handlers(app: FastAPI) -> None:

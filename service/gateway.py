@@ -1,65 +1,300 @@
-"""The gateway's collaborators, built from settings and wired together.
+"""The gateway's collaborators, built from settings and wired together, and swapped on reload.
 
 Building a :class:`Gateway` validates everything (targets, policy options,
-policy names) without loading a model or opening a socket; :meth:`start`
+policy names) without loading a model or opening a socket; :meth:`Gateway.start`
 does the heavy part. The app factory builds one per app and starts it in
 the lifespan.
+
+Two lifetimes. The metrics and the pools of backends and classifiers live as
+long as the gateway. What one config builds is a :class:`Runtime`: its
+settings, its router (policies, classifier, backends) and its client keys.
+:meth:`Gateway.reload` builds the next runtime beside the live one, reusing
+every backend whose target config did not change and the classifier when its
+plan did not change, starts only what is new, then swaps one reference. A
+request holds the runtime it started on until it ends; what only the old
+runtime used is closed once its last request has finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from router.backends.base import Backend
 from router.backends.registry import create_backend
-from router.classify.build import ClassifierPlan, build_classifier, plan_classifier
+from router.chat import ChatRequest
+from router.classify.build import KNOWN_NEEDS, ClassifierPlan, ConfiguredClassifier, plan_classifier
+from router.errors import ConfigError, HybridRouterError
 from router.policies.base import TargetCatalog
 from router.policies.registry import build_policies, policy_requirements
-from router.router import Router, TargetProfile
-from router.tokens import TokenCounter
-from service.auth import KeyChecker
+from router.policies.sticky import StickyPolicy
+from router.resilience.guarded import guard
+from router.router import Router, TargetProfile, describe_targets
+from router.tokens import EstimateCounter, TokenCounter
+from service.auth import KeyChecker, startup_problems
 from service.metrics import BackendStatsCollector, GatewayMetrics
-from service.settings import Settings
+from service.settings import ConfigSource, Settings, keep_restart_only
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "LocalModelCounter", "ReloadResult", "Runtime"]
 
 log = logging.getLogger("hybrid_router.gateway")
 
+# Target fields only the router reads (its profile): a change to them must not reload a model.
+_PROFILE_FIELDS = frozenset({"aliases", "price_per_mtok", "quality", "latency_ms", "fallback"})
+# Requests end within limits.request_timeout_s; past it plus this, the old config's targets close anyway.
+_DRAIN_GRACE_S = 5.0
 
-@dataclass
-class Gateway:
+Key = tuple[str, str]
+T = TypeVar("T")
+
+
+def _idle() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
+@dataclass(eq=False)
+class Runtime:
+    """What one config builds: settings, router (policies, classifier, backends) and client keys.
+
+    A request holds the live one from start to end (:meth:`Gateway.hold`, then
+    :meth:`release`) and reads nothing else, so a reload never hands it half of
+    each config, and the targets it uses stay open until it is done. It also
+    carries the gateway's metrics, which outlive every config.
+    """
+
     settings: Settings
     router: Router
-    metrics: GatewayMetrics
+    classifier: ConfiguredClassifier
     auth: KeyChecker
-    classifier_plan: ClassifierPlan | None = None
+    metrics: GatewayMetrics
+    backend_keys: Mapping[str, Key]
+    users: int = 0
+    idle: asyncio.Event = field(default_factory=_idle)
 
     @property
     def backends(self) -> Mapping[str, Backend]:
         return self.router.backends
 
-    @classmethod
-    def from_settings(
-        cls,
+    @property
+    def config_version(self) -> str:
+        return self.router.config_version
+
+    def release(self) -> None:
+        """One request fewer on this config."""
+        self.users -= 1
+        if self.users == 0:
+            self.idle.set()
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a reload did. Not ``ok``: rejected for ``error``, and the previous config still serves."""
+
+    ok: bool
+    version: str
+    error: str | None = None
+    changed: bool = True
+    started: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    restart_only: tuple[str, ...] = ()
+    classifier_loaded: bool = False
+
+
+class Gateway:
+    """Builds and owns the targets, classifier, router, metrics and key checker; :meth:`reload` swaps them.
+
+    ``backends`` replaces the configured targets (tests, demos); on reload each
+    one is kept while its target's config is unchanged, and a changed target is
+    built from config. ``source`` is where :meth:`reload` re-reads the settings.
+
+    >>> gateway = Gateway.from_settings(Settings(targets={"edge": {"type": "fake"}}))
+    >>> gateway.router.config_version == gateway.settings.config_version
+    True
+    """
+
+    def __init__(
+        self,
         settings: Settings,
         *,
         backends: Mapping[str, Backend] | None = None,
         registry: CollectorRegistry | None = None,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         environ: Mapping[str, str] | None = None,
-    ) -> Gateway:
-        """Build without I/O. ``backends`` replaces the configured ones (tests, demos)."""
+        source: ConfigSource | None = None,
+    ) -> None:
+        self.source = source
+        # The hash of the config file as last read, so that the watcher reloads each new content once.
+        self.loaded_fingerprint: str | None = None
+        self._environ = environ
+        self._backend_options = backend_options or {}
+        self._backends: _Shared[Backend] = _Shared()
+        self._classifiers: _Shared[ConfiguredClassifier] = _Shared()
+        self._lock = asyncio.Lock()
+        self._draining: set[asyncio.Task[None]] = set()
+        registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = GatewayMetrics(registry)
         if backends is None:
-            options = backend_options or {}
-            backends = {
-                name: create_backend(name, cfg, **options.get(name, {})) for name, cfg in settings.targets.items()
-            }
+            backends = {name: self._create_backend(name, cfg) for name, cfg in settings.targets.items()}
+        else:
+            # Injected targets get the retries and circuit their config (if any) asks for, as built ones do.
+            backends = {name: self._guard(backend, settings.targets.get(name)) for name, backend in backends.items()}
+        keys = {name: _backend_key(name, settings.targets.get(name)) for name in backends}
+        self._counter = LocalModelCounter(backends)
+        self._runtime = self._assemble(settings, backends, keys)
+        self._hold_parts(self._runtime)
+        registry.register(BackendStatsCollector(lambda: self.backends))
+        self.metrics.config.info({"version": settings.config_version})
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> Gateway:
+        """Build without I/O: ``Gateway(settings, **options)``."""
+        return cls(settings, **options)
+
+    # The live config. Code that awaits between two reads holds one runtime instead (see hold()).
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    @property
+    def settings(self) -> Settings:
+        return self._runtime.settings
+
+    @property
+    def router(self) -> Router:
+        return self._runtime.router
+
+    @property
+    def auth(self) -> KeyChecker:
+        return self._runtime.auth
+
+    @property
+    def backends(self) -> Mapping[str, Backend]:
+        return self._runtime.backends
+
+    def hold(self) -> Runtime:
+        """The live runtime, for one request: its targets stay open until :meth:`Runtime.release`."""
+        runtime = self._runtime
+        runtime.users += 1
+        runtime.idle.clear()
+        return runtime
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self.source is not None and self.source.watched:
+                self.loaded_fingerprint = await asyncio.to_thread(self.source.fingerprint)
+            runtime = self._runtime
+            await asyncio.gather(*(backend.start() for backend in runtime.backends.values()))
+            await asyncio.to_thread(runtime.classifier.start)
+        for name, backend in runtime.backends.items():
+            state = backend.readiness()
+            log.info("target %s: %s", name, state.reason, extra={"target": name, "ready": state.ready})
+
+    async def aclose(self) -> None:
+        for task in self._draining:
+            task.cancel()
+        await asyncio.gather(*self._draining, return_exceptions=True)
+        for _, classifier in self._classifiers.drain():
+            classifier.close()
+        await _close_backends((name, backend) for (name, _), backend in self._backends.drain())
+
+    async def reload(self, settings: Settings | None = None, *, trigger: str = "call") -> ReloadResult:
+        """Validate a new config and swap it in whole; or keep the live one, log why and count it.
+
+        ``settings`` defaults to :attr:`source` read again (env overrides
+        included). Never raises for a bad config: the result says what happened.
+        """
+        async with self._lock:
+            running = self._runtime
+            try:
+                loaded = settings if settings is not None else await self._load()
+                result = await self._swap(running, loaded)
+            except Exception as exc:
+                message = exc.message if isinstance(exc, HybridRouterError) else f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "config reload (%s) rejected; still serving %s: %s",
+                    trigger, running.config_version, message,
+                    # A bad config is the operator's to fix from the message; anything else is ours.
+                    exc_info=None if isinstance(exc, ConfigError) else exc,
+                    extra={"config_version": running.config_version, "trigger": trigger},
+                )  # fmt: skip
+                self.metrics.record_reload(running.config_version, ok=False)
+                return ReloadResult(False, running.config_version, error=message, changed=False)
+        self.metrics.record_reload(result.version, ok=True)
+        _log_applied(running, result, trigger)
+        return result
+
+    async def _load(self) -> Settings:
+        source = self.source
+        if source is None:
+            raise ConfigError("this gateway was built from settings, not from a config file: nothing to re-read")
+        self.loaded_fingerprint = await asyncio.to_thread(source.fingerprint)
+        return await asyncio.to_thread(source.load)
+
+    async def _swap(self, running: Runtime, loaded: Settings) -> ReloadResult:
+        settings, restart_only = keep_restart_only(running.settings, loaded)
+        if _same(settings, running.settings):
+            kept = tuple(running.backends)
+            return ReloadResult(
+                True, running.config_version, changed=False, kept=kept, restart_only=tuple(restart_only)
+            )
+        runtime, fresh = await self._prepare(running, settings)
+        self._hold_parts(runtime)
+        self._counter.bind(runtime.backends)
+        self._runtime = runtime  # the swap: every request from here on holds the new runtime
+        self._retire(running)
+        return ReloadResult(
+            True,
+            runtime.config_version,
+            started=tuple(fresh),
+            kept=tuple(name for name in runtime.backends if name not in fresh),
+            restart_only=tuple(restart_only),
+            classifier_loaded=runtime.classifier is not running.classifier,
+        )
+
+    async def _prepare(self, running: Runtime, settings: Settings) -> tuple[Runtime, dict[str, Backend]]:
+        """The next runtime, checked and started, and the backends made for it; on failure none is left open."""
+        keys = {name: _backend_key(name, cfg) for name, cfg in settings.targets.items()}
+        fresh: dict[str, Backend] = {}
+        runtime: Runtime | None = None
+        try:
+            for name, cfg in settings.targets.items():
+                if self._backends.get(keys[name]) is None:
+                    fresh[name] = self._create_backend(name, cfg)
+            backends = {name: fresh[name] if name in fresh else self._backends.need(key) for name, key in keys.items()}
+            runtime = self._assemble(settings, backends, keys)
+            problems = startup_problems(settings.server, settings.auth, runtime.auth)
+            if problems:
+                raise ConfigError(" ".join(problems))
+            _keep_sessions(running, runtime)
+            await _start_backends(fresh)
+            if self._classifiers.get(_plan_key(runtime.classifier.plan)) is None:
+                await asyncio.to_thread(runtime.classifier.start)
+            return runtime, fresh
+        except BaseException:
+            if runtime is not None and self._classifiers.get(_plan_key(runtime.classifier.plan)) is None:
+                runtime.classifier.close()
+            await _close_backends(fresh.items())
+            raise
+
+    def _create_backend(self, name: str, cfg: Any) -> Backend:
+        return self._guard(create_backend(name, cfg, **self._backend_options.get(name, {})), cfg)
+
+    def _guard(self, backend: Backend, cfg: Any) -> Backend:
+        # Built once per target and pooled like it, so the circuit and retry budget outlive requests and reloads.
+        return guard(backend, cfg, on_attempt=self.metrics.record_attempt)
+
+    def _assemble(self, settings: Settings, backends: Mapping[str, Backend], keys: Mapping[str, Key]) -> Runtime:
+        """The runtime for ``settings`` over ``backends``; no I/O. A classifier with the same plan is reused."""
         profiles = {
             name: TargetProfile(
                 price_input=cfg.price_per_mtok.input,
@@ -67,48 +302,184 @@ class Gateway:
                 quality=cfg.quality,
                 latency_ms=cfg.latency_ms,
                 aliases=tuple(cfg.aliases),
+                fallback=tuple(cfg.fallback),
             )
             for name, cfg in settings.targets.items()
             if name in backends
         }
-        router = Router(backends=backends, policies=[], profiles=profiles, config_version=settings.config_version)
         routes = tuple(route.name for route in settings.classifier.routes)
-        router.policies = build_policies(settings.policies, TargetCatalog(router.target_views(), routes))
-        plan = plan_classifier(settings.classifier, policy_requirements(router.policies))
-        registry = registry if registry is not None else CollectorRegistry()
-        registry.register(BackendStatsCollector(router.backends))
-        return cls(
-            settings=settings,
-            router=router,
-            metrics=GatewayMetrics(registry),
-            auth=KeyChecker.from_settings(settings.auth, environ),
-            classifier_plan=plan,
+        catalog = TargetCatalog(describe_targets(backends, profiles), routes)
+        policies = build_policies(settings.policies, catalog, known_needs=KNOWN_NEEDS)
+        plan = plan_classifier(settings.classifier, policy_requirements(policies))
+        classifier = self._classifiers.get(_plan_key(plan))
+        if classifier is None:
+            classifier = ConfiguredClassifier(plan, token_counter=self._counter)
+        router = Router(
+            backends=backends,
+            policies=policies,
+            profiles=profiles,
+            classifier=classifier,
+            config_version=settings.config_version,
         )
+        auth = KeyChecker.from_settings(settings.auth, self._environ)
+        return Runtime(settings, router, classifier, auth, self.metrics, keys)
 
-    async def start(self) -> None:
-        await asyncio.gather(*(backend.start() for backend in self.backends.values()))
-        counter = self._exact_token_counter()
-        if self.classifier_plan is not None:
-            self.router.classifier = await asyncio.to_thread(
-                build_classifier, self.classifier_plan, token_counter=counter
-            )
-        elif counter is not None:
-            self.router.classifier.token_counter = counter
-        for name, backend in self.backends.items():
-            state = backend.readiness()
-            log.info("target %s: %s", name, state.reason, extra={"target": name, "ready": state.ready})
+    def _hold_parts(self, runtime: Runtime) -> None:
+        for name, key in runtime.backend_keys.items():
+            self._backends.hold(key, runtime.backends[name])
+        self._classifiers.hold(_plan_key(runtime.classifier.plan), runtime.classifier)
 
-    async def aclose(self) -> None:
-        self.router.classifier.close()
-        results = await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
-        for name, result in zip(self.backends, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("target %s did not close cleanly", name, exc_info=result)
+    def _retire(self, runtime: Runtime) -> None:
+        task = asyncio.create_task(self._release_when_idle(runtime))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
 
-    def _exact_token_counter(self) -> TokenCounter | None:
-        # A local model's own tokenizer counts exactly what the context_window policy guards.
-        for backend in self.backends.values():
-            counter = getattr(backend, "token_counter", None)
-            if backend.capabilities.local and counter is not None:
-                return counter  # type: ignore[no-any-return]
-        return None
+    async def _release_when_idle(self, runtime: Runtime) -> None:
+        """Once the old config's last request has ended, close what no other config uses."""
+        try:
+            async with asyncio.timeout(runtime.settings.limits.request_timeout_s + _DRAIN_GRACE_S):
+                await runtime.idle.wait()
+        except TimeoutError:
+            log.warning(
+                "closing config %s's unused targets with %d requests still on them, past their deadline",
+                runtime.config_version, runtime.users,
+            )  # fmt: skip
+        unused = []
+        for name, key in runtime.backend_keys.items():
+            backend = self._backends.release(key)
+            if backend is not None:
+                unused.append((name, backend))
+        classifier = self._classifiers.release(_plan_key(runtime.classifier.plan))
+        if classifier is not None:
+            classifier.close()
+        await _close_backends(unused)
+        if unused:
+            log.info("closed targets only the previous config used: %s", ", ".join(name for name, _ in unused))
+
+
+class _Shared(Generic[T]):
+    """Objects the live runtime shares with those still draining, each counted by how many runtimes use it."""
+
+    def __init__(self) -> None:
+        self._items: dict[Key, tuple[T, int]] = {}
+
+    def get(self, key: Key) -> T | None:
+        item = self._items.get(key)
+        return None if item is None else item[0]
+
+    def need(self, key: Key) -> T:
+        return self._items[key][0]
+
+    def hold(self, key: Key, value: T) -> None:
+        _, users = self._items.get(key, (value, 0))
+        self._items[key] = (value, users + 1)
+
+    def release(self, key: Key) -> T | None:
+        """One runtime fewer; the object itself when none is left (the caller closes it)."""
+        value, users = self._items[key]
+        if users > 1:
+            self._items[key] = (value, users - 1)
+            return None
+        del self._items[key]
+        return value
+
+    def drain(self) -> list[tuple[Key, T]]:
+        items = [(key, value) for key, (value, _) in self._items.items()]
+        self._items.clear()
+        return items
+
+
+def _backend_key(name: str, cfg: BaseModel | None) -> Key:
+    # An injected backend without a config entry is reused while its name is; a configured one while its config is.
+    return (name, "injected" if cfg is None else cfg.model_dump_json(exclude=set(_PROFILE_FIELDS)))
+
+
+def _plan_key(plan: ClassifierPlan) -> Key:
+    return ("classifier", f"{plan.config.model_dump_json()} {plan.encoder_dir} {plan.head} {plan.language}")
+
+
+def _same(a: Settings, b: Settings) -> bool:
+    return a.config_version == b.config_version and a.model_dump(exclude={"version"}) == b.model_dump(
+        exclude={"version"}
+    )
+
+
+def _keep_sessions(running: Runtime, runtime: Runtime) -> None:
+    """A ``sticky`` policy whose options did not change keeps its sessions (an in-process map): a reload
+    must not send every escalated conversation back to the edge."""
+    before = {
+        json.dumps(spec, sort_keys=True, default=str): policy
+        for spec, policy in zip(running.settings.policies, running.router.policies, strict=True)
+        if isinstance(policy, StickyPolicy)
+    }
+    for spec, policy in zip(runtime.settings.policies, runtime.router.policies, strict=True):
+        previous = before.get(json.dumps(spec, sort_keys=True, default=str))
+        if isinstance(policy, StickyPolicy) and previous is not None:
+            policy.store = previous.store
+
+
+async def _start_backends(backends: Mapping[str, Backend]) -> None:
+    # Wait for every start, so that none is still starting when a failure closes them all.
+    results = await asyncio.gather(*(backend.start() for backend in backends.values()), return_exceptions=True)
+    for name, result in zip(backends, results, strict=True):
+        if isinstance(result, Exception):
+            raise ConfigError(f"targets.{name}: did not start: {type(result).__name__}: {result}") from result
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _close_backends(backends: Iterable[tuple[str, Backend]]) -> None:
+    pairs = list(backends)
+    results = await asyncio.gather(*(backend.aclose() for _, backend in pairs), return_exceptions=True)
+    for (name, _), result in zip(pairs, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("target %s did not close cleanly", name, exc_info=result)
+
+
+def _log_applied(running: Runtime, result: ReloadResult, trigger: str) -> None:
+    extra = {"config_version": result.version, "trigger": trigger}
+    if not result.changed:
+        log.info("config reload (%s): nothing to change, still %s", trigger, result.version, extra=extra)
+    else:
+        if result.version == running.config_version:
+            log.warning("config reload (%s): the content changed but `version:` is still %s", trigger, result.version)
+        log.info(
+            "config reload (%s): %s -> %s; targets kept: %s; started: %s; classifier %s",
+            trigger, running.config_version, result.version, ", ".join(result.kept) or "none",
+            ", ".join(result.started) or "none", "loaded" if result.classifier_loaded else "kept",
+            extra=extra,
+        )  # fmt: skip
+    if result.restart_only:
+        log.warning(
+            "config reload (%s): %s changed but only take effect on a restart; the values from start-up stay",
+            trigger, ", ".join(result.restart_only), extra=extra,
+        )  # fmt: skip
+
+
+class LocalModelCounter:
+    """Counts with the first local target's own tokenizer once it has loaded; estimates until then.
+
+    A local model's tokenizer counts exactly what the ``context_window``
+    policy guards; cloud targets have none here. After a reload it counts
+    with the new config's local targets (:meth:`bind`).
+    """
+
+    def __init__(self, backends: Mapping[str, Backend]) -> None:
+        self._estimate = EstimateCounter()
+        self.bind(backends)
+
+    def bind(self, backends: Mapping[str, Backend]) -> None:
+        self._local = [backend for backend in backends.values() if backend.capabilities.local]
+
+    def _counter(self) -> TokenCounter:
+        for backend in self._local:
+            if backend.token_counter is not None:
+                return backend.token_counter
+        return self._estimate
+
+    @property
+    def name(self) -> str:
+        return self._counter().name
+
+    def count(self, request: ChatRequest) -> int:
+        return self._counter().count(request)

@@ -8,14 +8,16 @@ scrape time by :class:`BackendStatsCollector` from each backend's
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from router.backends.base import Backend
+from router.backends.cascade import CascadeOutcome
 from router.chat import Usage
+from router.resilience import STATE_VALUES, GuardedBackend
 
 __all__ = ["BackendStatsCollector", "GatewayMetrics"]
 
@@ -67,6 +69,47 @@ class GatewayMetrics:
             ["target", "kind"], registry=registry,
         )  # fmt: skip
         self.in_flight = Gauge(p + "in_flight_requests", "Chat requests being served now.", registry=registry)
+        self.upstream_attempts = Counter(
+            p + "upstream_attempts", "Calls to targets (retries included) by outcome: ok, an error code, cancelled.",
+            ["target", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            p + "fallbacks", "Requests answered (or last tried) by a fallback target, by the first target's error.",
+            ["from", "to", "reason"], registry=registry,
+        )  # fmt: skip
+        self.cascade_escalations = Counter(
+            p + "cascade_escalations", "Cascaded answers escalated because the first target was unsure.",
+            ["from", "to"], registry=registry,
+        )  # fmt: skip
+        self.cascade_kept = Counter(
+            p + "cascade_kept", "Cascaded answers kept: confident, or escalation not allowed.",
+            ["target"], registry=registry,
+        )  # fmt: skip
+        self.cascade_wasted = Histogram(
+            p + "cascade_escalated_edge_seconds", "Seconds the first target spent on answers then escalated.",
+            ["target"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        # hybrid_router_config_info{version="..."} 1: the config serving now (README, "Hot reload").
+        self.config = Info(p + "config", "The live config's version.", registry=registry)
+        self.config_reloads = Counter(
+            p + "config_reloads", "Config reloads by result: ok, or rejected (the previous config stays).",
+            ["result"], registry=registry,
+        )  # fmt: skip
+        self.config_reload_ok = Gauge(
+            p + "config_last_reload_successful", "0 when the last reload was rejected, else 1.", registry=registry
+        )
+        for result in ("ok", "rejected"):
+            self.config_reloads.labels(result)
+        self.config_reload_ok.set(1)
+
+    def record_reload(self, version: str, *, ok: bool) -> None:
+        self.config_reloads.labels("ok" if ok else "rejected").inc()
+        self.config_reload_ok.set(1 if ok else 0)
+        self.config.info({"version": version})
+
+    def record_attempt(self, target: str, outcome: str) -> None:
+        """One upstream call and how it ended (a :class:`~router.resilience.GuardedBackend` observer)."""
+        self.upstream_attempts.labels(target, outcome).inc()
 
     def record_usage(self, target: str, usage: Usage, *, price_input: float, price_output: float) -> None:
         self.tokens.labels(target, "in").inc(usage.prompt_tokens)
@@ -75,20 +118,37 @@ class GatewayMetrics:
         if cost:
             self.cost.labels(target).inc(cost)
 
+    def record_cascade(self, outcome: CascadeOutcome, *, price_input: float, price_output: float) -> None:
+        """Count what a cascade did; an escalation's seconds and tokens on the first target are waste."""
+        if not outcome.escalated:
+            self.cascade_kept.labels(outcome.first).inc()
+            return
+        self.cascade_escalations.labels(outcome.first, outcome.then).inc()
+        self.cascade_wasted.labels(outcome.first).observe(outcome.first_seconds)
+        self.record_usage(outcome.first, outcome.first_usage, price_input=price_input, price_output=price_output)
+
 
 class BackendStatsCollector(Collector):
-    """Exposes each backend's ``stats()`` and readiness as gauges at scrape time."""
+    """Exposes each backend's ``stats()`` and readiness as gauges at scrape time.
 
-    def __init__(self, backends: Mapping[str, Backend]) -> None:
+    ``backends`` is asked at each scrape, so that after a reload the live targets are shown.
+    """
+
+    def __init__(self, backends: Callable[[], Mapping[str, Backend]]) -> None:
         self._backends = backends
 
     def collect(self) -> Iterable[Metric]:
         ready = GaugeMetricFamily(
             "hybrid_router_target_ready", "1 when the target can take requests.", labels=["target"]
         )
+        circuit = GaugeMetricFamily(
+            "hybrid_router_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", labels=["target"]
+        )
         stats: dict[str, GaugeMetricFamily] = {}
-        for name, backend in self._backends.items():
+        for name, backend in self._backends().items():
             ready.add_metric([name], 1.0 if backend.readiness().can_serve else 0.0)
+            if isinstance(backend, GuardedBackend) and backend.circuit is not None:
+                circuit.add_metric([name], float(STATE_VALUES[backend.circuit.state]))
             for key, value in backend.stats().items():
                 family = stats.get(key)
                 if family is None:
@@ -97,4 +157,5 @@ class BackendStatsCollector(Collector):
                     )
                 family.add_metric([name], float(value))
         yield ready
+        yield circuit
         yield from stats.values()

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from router.config import TARGET_TYPES, ClassifierConfig, RouterConfig, TargetConfig
@@ -30,10 +32,12 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG_PATH",
     "AuthSettings",
+    "ConfigSource",
     "LimitSettings",
     "LoggingSettings",
     "ServerSettings",
     "Settings",
+    "keep_restart_only",
     "load_settings",
 ]
 
@@ -46,12 +50,66 @@ class _Section(BaseModel):
 
 
 class ServerSettings(_Section):
+    """Where the gateway listens and how it protects itself from slow or greedy clients.
+
+    Every timeout and cap here exists so that no client, however slow, can hold
+    the gateway: a connection must finish its request head within
+    ``header_timeout_s`` and its body within ``body_timeout_s``; over
+    ``max_connections`` or ``max_concurrent_requests`` callers get a 503 with
+    ``Retry-After``, never a hang.
+
+    >>> ServerSettings(header_timeout_s=5).body_timeout_s
+    30.0
+    """
+
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=10.0,
+        description="Seconds a connection has, from opening or from its previous response, to send a full request "
+        "head; then it is closed (slowloris).",
+    )
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0, description="Seconds a request has to send its whole body once its head is in; then 408."
+    )
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = Field(
+        default=64 * 1024, description="Largest request line plus headers; 431 above."
+    )
+    keep_alive_s: Annotated[int, Field(ge=1, le=300)] = Field(
+        default=5, description="Seconds an idle keep-alive connection stays open between requests."
+    )
+    max_connections: Annotated[int, Field(ge=1)] = Field(
+        default=512,
+        description="Open connections at once. At the cap, the connection idle longest before its request head is "
+        "closed to make room; when none is, the new one gets a 503.",
+    )
+    max_concurrent_requests: Annotated[int, Field(ge=1)] = Field(
+        default=256,
+        description="Requests being served at once (probes excepted); above it, 503 with Retry-After. Stalled "
+        "connections that have not sent a full head do not count.",
+    )
+    metrics_auth: bool = Field(default=False, description="Require a client key (Authorization: Bearer) for /metrics.")
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None,
+        description="Serve /metrics only on this port, bound to 127.0.0.1, instead of on the main port.",
+    )
+    reload_poll_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=2.0,
+        description="Seconds between checks of the config file for a change, which is then validated and swapped "
+        "in (README, 'Hot reload'); 0: only SIGHUP reloads.",
+    )
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> ServerSettings:
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port")
+        return self
 
 
 class AuthSettings(_Section):
-    """Client keys. With none configured, the gateway is open (a sidecar on loopback).
+    """Client keys. With none configured, the gateway serves anyone who can reach it,
+    so it then starts only on a loopback address (a sidecar), or with
+    ``allow_unauthenticated: true``.
 
     Keys are stored as ``sha256:<hex>`` hashes (``hybrid-router auth hash KEY``
     prints one), or given in plain text through the env var named by
@@ -60,6 +118,11 @@ class AuthSettings(_Section):
 
     api_key_hashes: list[str] = Field(default_factory=list)
     api_keys_env: str = "HYBRID_ROUTER_API_KEYS"
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Serve without client keys on a non-loopback address. Only for a gateway behind something "
+        "that authenticates callers itself; without it such a gateway refuses to start.",
+    )
 
     @field_validator("api_key_hashes")
     @classmethod
@@ -76,6 +139,9 @@ class LimitSettings(_Section):
     max_messages: Annotated[int, Field(ge=1)] = 512
     max_prompt_chars: Annotated[int, Field(ge=1)] = 400_000
     request_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    max_tokens_ceiling: Annotated[int, Field(ge=1)] = Field(
+        default=32768, description="The largest max_tokens / max_completion_tokens a request may ask for; 400 above."
+    )
 
 
 class LoggingSettings(_Section):
@@ -160,3 +226,79 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = [str(part) for part in err["loc"] if part not in TARGET_TYPES]
         problems.append(f"{'.'.join(loc) or '(top level)'}: {err['msg']}")
     return "; ".join(problems)
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the settings come from, so that a reload reads them exactly as start-up did.
+
+    ``overrides`` are keyword arguments to :func:`load_settings`, e.g. ``serve``'s
+    ``--host``/``--port`` as ``{"server": {"port": 9000}}``: stronger than the
+    file and the env vars, on every reload too.
+
+    >>> ConfigSource.resolve(None, environ={}).watched
+    False
+    """
+
+    path: Path
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(
+        cls, path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ConfigSource:
+        """``path``, else ``$HYBRID_ROUTER_CONFIG``, else the embedded default."""
+        env = os.environ if environ is None else environ
+        return cls(Path(path if path is not None else env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH), overrides)
+
+    @property
+    def watched(self) -> bool:
+        """The embedded default ships with the code: it has no changes to watch for."""
+        return self.path != DEFAULT_CONFIG_PATH
+
+    def load(self) -> Settings:
+        return load_settings(self.path, **self.overrides)
+
+    def fingerprint(self) -> str | None:
+        """A hash of the file's bytes; None while it cannot be read (an editor or a ConfigMap replacing it).
+
+        A config is a few KB: hashing it at every poll costs nothing, catches a
+        rewrite within one mtime tick, and ignores a ``touch``.
+        """
+        try:
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+
+# What a running gateway can change. The rest of ``server`` is bound when it starts (sockets, the connection
+# protocol's deadlines and caps, the request-cap middleware), and logging is configured once by the CLI.
+_LIVE_KEYS = {"server": frozenset({"metrics_auth", "reload_poll_s"}), "logging": frozenset({"log_prompts"})}
+
+
+def keep_restart_only(running: Settings, loaded: Settings) -> tuple[Settings, list[str]]:
+    """``loaded``, with every setting that needs a restart kept at ``running``'s value; and those that differed.
+
+    The result says what is in effect, so checks such as the open-access one
+    judge the address actually bound. Its ``config_version`` stays
+    ``loaded``'s, the version of the file as written.
+
+    >>> a = Settings(targets={"e": {"type": "fake"}}, limits={"max_messages": 8})
+    >>> b = Settings(targets={"e": {"type": "fake"}}, server={"port": 9000}, limits={"max_messages": 9})
+    >>> kept, differed = keep_restart_only(a, b)
+    >>> kept.server.port, kept.limits.max_messages, differed
+    (8080, 9, ['server.port'])
+    """
+    update: dict[str, Any] = {"version": loaded.config_version}
+    differed = []
+    for section, live in _LIVE_KEYS.items():
+        old, new = getattr(running, section), getattr(loaded, section)
+        keep = {
+            key: getattr(old, key)
+            for key in type(new).model_fields
+            if key not in live and getattr(old, key) != getattr(new, key)
+        }
+        if keep:
+            update[section] = new.model_copy(update=keep)
+            differed += [f"{section}.{key}" for key in keep]
+    return loaded.model_copy(update=update), differed

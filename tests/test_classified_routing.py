@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,11 +13,12 @@ import pytest
 from router.backends.fake import ScriptedReply
 from router.chat import ChatRequest
 from router.classify.classifier import RequestClassifier
-from router.classify.personal_data import FixedDetector, PatternDetector, Span
+from router.classify.personal_data import FixedDetector, PatternDetector
 from router.classify.semantic import SemanticRoutes
-from router.features import Difficulty
+from router.features import Difficulty, Span
 from router.policies.base import TargetCatalog
 from router.policies.difficulty import DifficultyPolicy
+from router.policies.privacy import PrivacyPolicy
 from router.router import Router
 from tests.conftest import ClientFactory, chat_body, cloud_backend, edge_backend, make_settings
 from tests.policies.helpers import context, views
@@ -48,7 +50,9 @@ def test_privacy_redact_sends_placeholders_to_the_cloud_and_restores_the_answer(
     streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
     route = client.post("/v1/route", json=body).json()
 
-    assert [r.messages[-1].text() for r in cloud.requests] == ["my email is <EMAIL_1>"] * 2
+    sent = [r.messages[-1].text() for r in cloud.requests]
+    assert len(sent) == 2 and all(re.fullmatch(r"my email is <EMAIL_1_[a-z0-9]{6}>", text) for text in sent)
+    assert sent[0] != sent[1], "each request draws its own placeholder tag"
     assert plain.json()["choices"][0]["message"]["content"] == "Got my email is ann@example.com"
     events = [json.loads(line[6:]) for line in streamed.text.split("\n\n") if line.startswith("data: {")]
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]) == (
@@ -75,10 +79,10 @@ def test_redact_is_not_applied_when_the_request_stays_local(client_for: ClientFa
 
 async def test_failing_detector_fails_closed_and_redact_cannot_help() -> None:
     classifier = RequestClassifier(detector=FixedDetector(error=RuntimeError("detector crashed")))
-    router = Router(backends={"edge": edge_backend(), "cloud": cloud_backend()}, policies=[], classifier=classifier)
-    from router.policies.privacy import PrivacyPolicy
-
-    router.policies = [PrivacyPolicy(PrivacyPolicy.Options(on_personal_data="redact"))]
+    policies = [PrivacyPolicy(PrivacyPolicy.Options(on_personal_data="redact"))]
+    router = Router(
+        backends={"edge": edge_backend(), "cloud": cloud_backend()}, policies=policies, classifier=classifier
+    )
     decision = await router.decide(ChatRequest.model_validate({"messages": [{"role": "user", "content": "harmless"}]}))
     assert decision.features is not None
     assert decision.features.personal_data.found is True
@@ -92,6 +96,9 @@ async def test_failing_detector_fails_closed_and_redact_cannot_help() -> None:
 class SlowDetector:
     name = "slow"
 
+    def load(self) -> None:
+        pass
+
     def detect(self, text: str) -> Sequence[Span]:
         import time
 
@@ -101,10 +108,9 @@ class SlowDetector:
 
 async def test_classifier_past_its_deadline_assumes_personal_data_and_says_so() -> None:
     classifier = RequestClassifier(detector=SlowDetector(), deadline_ms=20, inline_chars=0)
-    router = Router(backends={"edge": edge_backend(), "cloud": cloud_backend()}, policies=[], classifier=classifier)
-    from router.policies.privacy import PrivacyPolicy
-
-    router.policies = [PrivacyPolicy()]
+    router = Router(
+        backends={"edge": edge_backend(), "cloud": cloud_backend()}, policies=[PrivacyPolicy()], classifier=classifier
+    )
     request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hello"}]})
     started = asyncio.get_running_loop().time()
     decision = await router.decide(request)
@@ -144,8 +150,7 @@ def test_semantic_policy_from_config_maps_routes_to_targets(client_for: ClientFa
     (policy,) = build_policies(
         [{"type": "semantic", "routes": {"billing": "edge", "code": {"target": "cloud", "mode": "require"}}}], catalog
     )
-    from router.classify.semantic import RouteMatch
-    from router.features import Features
+    from router.features import Features, RouteMatch
 
     base = context().features
     for match, expected in (

@@ -58,7 +58,7 @@ def _event(headers: dict[str, Any], payload: bytes) -> Event:
     return Event(message_type, str(headers.get(":event-type", "")), payload)
 
 
-async def iter_events(chunks: AsyncIterator[bytes], *, target: str) -> AsyncIterator[Event]:
+async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[Event]:
     """Yield each complete message in ``chunks`` as soon as its last byte arrives."""
     eventstream = require_botocore("botocore.eventstream")
     buffer = eventstream.EventStreamBuffer()
@@ -70,10 +70,10 @@ async def iter_events(chunks: AsyncIterator[bytes], *, target: str) -> AsyncIter
             messages = list(buffer)
         except eventstream.ParserError as exc:
             raise UpstreamProtocolError(
-                f"target {target}: the upstream sent a corrupt event-stream frame ({type(exc).__name__})"
+                f"the upstream sent a corrupt event-stream frame ({type(exc).__name__})"
             ) from exc
         for message in messages:
             consumed += message.prelude.total_length
             yield _event(message.headers, message.payload)
     if received != consumed:
-        raise UpstreamProtocolError(f"target {target}: the upstream closed the stream inside an event-stream frame")
+        raise UpstreamProtocolError("the upstream closed the stream inside an event-stream frame")

@@ -34,9 +34,9 @@ Answers (Google -> OpenAI):
   stop sequence also reports STOP), MAX_TOKENS -> length, the safety family
   (SAFETY, RECITATION, BLOCKLIST, PROHIBITED_CONTENT, SPII, IMAGE_*) ->
   content_filter, anything else -> stop.
-* A blocked prompt (``promptFeedback.blockReason``), or a safety stop before any
-  output, raises :class:`ContentFiltered`: there is no answer to return. After
-  some output a stream ends with ``finish_reason: content_filter`` instead.
+* A blocked prompt (``promptFeedback.blockReason``) raises
+  :class:`ContentFiltered`; a safety stop follows the common output rules
+  (an error before any output, ``finish_reason: content_filter`` after some).
 * Usage: ``promptTokenCount``; ``candidatesTokenCount`` plus
   ``thoughtsTokenCount`` (thinking is billed as output).
 * Errors are ``google.rpc.Status`` bodies: ``API_KEY_INVALID`` (a 400) is an auth
@@ -46,48 +46,38 @@ Answers (Google -> OpenAI):
 from __future__ import annotations
 
 import abc
-import re
-import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
-from router.backends.base import Readiness, capabilities_for
-from router.backends.http import (
-    HttpUpstream,
-    UpstreamStream,
-    error_for_status,
-    iter_sse,
-    parse_retry_after,
-    scrub,
-    upstream_message,
+from router.backends._openai_input import (
+    FunctionTool,
+    Image,
+    Text,
+    ToolChoice,
+    conversation,
+    data_url,
+    function_tools,
+    json_schema,
+    merge_turns,
+    parts,
+    system_texts,
+    tool_calls,
+    tool_choice,
 )
-from router.chat import (
-    ChatChunk,
-    ChatRequest,
-    ChatResult,
-    ChunkMaker,
-    FinishReason,
-    Message,
-    Usage,
-    make_completion,
-    new_completion_id,
-)
+from router.backends._output import StreamOutput, answer, tool_call
+from router.backends._relay import SseEvent, decode_event
+from router.backends.base import capabilities_for
+from router.backends.http import ErrorReader, error_for_status, parse_retry_after, upstream_message
+from router.backends.http_backend import Exchange, SseBackend
+from router.chat import ChatChunk, ChatRequest, ChatResult, FinishReason, Message, Usage
 from router.config import GeminiTargetConfig, VertexTargetConfig
-from router.errors import (
-    ContentFiltered,
-    HybridRouterError,
-    InvalidRequest,
-    UpstreamAuthError,
-    UpstreamProtocolError,
-)
+from router.errors import ContentFiltered, HybridRouterError, InvalidRequest, UpstreamAuthError, UpstreamProtocolError
 
-__all__ = ["GoogleBackend", "completion_from_response", "generate_content_body", "google_error"]
+__all__ = ["GoogleBackend", "GoogleStream", "completion_from_response", "generate_content_body", "google_error"]
 
-_DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", re.DOTALL)
 _SAFETY_STOPS = frozenset(
     {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
      "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
@@ -95,8 +85,46 @@ _SAFETY_STOPS = frozenset(
 _AUTH_REASONS = frozenset(
     {"API_KEY_INVALID", "API_KEY_EXPIRED", "ACCESS_TOKEN_EXPIRED", "ACCESS_TOKEN_TYPE_UNSUPPORTED"}
 )
-_TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+_TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY", "function": "ANY"}
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+class GoogleBackend(SseBackend):
+    """``generateContent`` over our pooled HTTP client; subclasses say where and with what credentials."""
+
+    def __init__(self, name: str, config: GeminiTargetConfig | VertexTargetConfig, base_url: str) -> None:
+        self.config = config
+        capabilities = capabilities_for(config.supports, context_window=config.context_window)
+        super().__init__(name, config, model=config.model, base_url=base_url, capabilities=capabilities)
+
+    @property
+    @abc.abstractmethod
+    def model_path(self) -> str:
+        """The model's URL path, e.g. ``/v1beta/models/gemini-2.5-flash``; methods follow a ``:``."""
+
+    @abc.abstractmethod
+    async def auth_headers(self) -> Mapping[str, str]:
+        """The credentials for one request."""
+
+    def payload(self, request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
+        """The body sent upstream for ``request``, the same streaming or not."""
+        return generate_content_body(request)
+
+    async def exchange(self, request: ChatRequest, *, stream: bool) -> Exchange:
+        body = orjson.dumps(self.payload(request))
+        if stream:
+            path = f"{self.model_path}:streamGenerateContent"
+            return Exchange(path, body, await self.auth_headers(), {"alt": "sse"})
+        return Exchange(f"{self.model_path}:generateContent", body, await self.auth_headers())
+
+    def read_answer(self, body: Any, request: ChatRequest) -> ChatResult:
+        return completion_from_response(body, model=self.model, prompt_text=request.prompt_text)
+
+    def translator(self, request: ChatRequest) -> GoogleStream:
+        return GoogleStream(self.model, request.prompt_text, self.read_error)
+
+    def read_error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
+        return google_error(status, headers, body)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -126,142 +154,81 @@ def _retry_delay(details: Iterable[object]) -> str | None:
     return None
 
 
-def google_error(
-    target: str, status: int, body: bytes, headers: Mapping[str, str], secrets: Iterable[str]
-) -> HybridRouterError:
+def google_error(status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
     """Our error for a Google error answer (HTTP status and google.rpc.Status body)."""
     error = _status_body(body)
     details = error.get("details")
     details = details if isinstance(details, list) else []
     if any(isinstance(d, dict) and d.get("reason") in _AUTH_REASONS for d in details):
-        return UpstreamAuthError(
-            f"target {target}: upstream returned {status}: the upstream rejected the gateway's credentials"
-        )
+        return UpstreamAuthError(f"upstream returned {status}: the upstream rejected the gateway's credentials")
     if parse_retry_after(headers) is None and (delay := _retry_delay(details)) is not None:
         headers = {"retry-after": delay}
     message, code = upstream_message(body)
     code = str(error.get("status") or code or "") or None
-    return error_for_status(target, status, scrub(message, secrets), headers=headers, code=code)
-
-
-class GoogleUpstream(HttpUpstream):
-    """The pooled client, with Google's error bodies understood."""
-
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
-        return google_error(self.target, status, body, headers, self._secrets())
+    return error_for_status(status, message, headers=headers, code=code)
 
 
 # --- request: OpenAI -> Google ----------------------------------------------------------------
 
 
-def generate_content_body(request: ChatRequest, *, target: str) -> dict[str, Any]:
+def generate_content_body(request: ChatRequest) -> dict[str, Any]:
     """The ``generateContent`` body for ``request`` (the model is in the URL)."""
-    body: dict[str, Any] = {"contents": _contents(request.messages, target)}
-    system = "\n\n".join(m.text() for m in request.messages if m.role in ("system", "developer"))
-    if system:
+    body: dict[str, Any] = {"contents": _contents(request.messages)}
+    if system := "\n\n".join(system_texts(request.messages)):
         body["systemInstruction"] = {"parts": [{"text": system}]}
     if request.tools:
-        body["tools"] = [{"functionDeclarations": [_declaration(tool, target) for tool in request.tools]}]
-        if request.tool_choice is not None:
-            body["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice, target)}
-    config = _generation_config(request)
-    if config:
+        body["tools"] = [{"functionDeclarations": [_declaration(tool) for tool in function_tools(request.tools)]}]
+        if (choice := tool_choice(request.tool_choice)) is not None:
+            body["toolConfig"] = {"functionCallingConfig": _calling_config(choice)}
+    if config := _generation_config(request):
         body["generationConfig"] = config
     return body
 
 
-def _contents(messages: list[Message], target: str) -> list[dict[str, Any]]:
-    names = {
-        str(call.get("id")): str((call.get("function") or {}).get("name", ""))
-        for message in messages
-        for call in message.tool_calls or []
-    }
-    contents: list[dict[str, Any]] = []
-    for message in messages:
-        content = _content(message, names, target)
-        if content is None:
-            continue
-        if contents and contents[-1]["role"] == content["role"]:
-            contents[-1]["parts"].extend(content["parts"])
-        else:
-            contents.append(content)
-    return contents
+def _contents(messages: list[Message]) -> list[dict[str, Any]]:
+    turns = list(conversation(messages))
+    # A function response names the function; OpenAI's tool message only names the call.
+    names = {call.id: call.name for index, message in turns for call in tool_calls(message, index)}
+    contents = (_content(index, message, names) for index, message in turns)
+    return [{"role": role, "parts": content} for role, content in merge_turns(contents)]
 
 
-def _content(message: Message, names: Mapping[str, str], target: str) -> dict[str, Any] | None:
-    if message.role in ("system", "developer"):
-        return None
+def _content(index: int, message: Message, names: Mapping[str, str]) -> tuple[str, list[dict[str, Any]]]:
     if message.role == "user":
-        return {"role": "user", "parts": _user_parts(message.content, target)}
+        return "user", [_user_part(part, index) for part in parts(message, index)]
     if message.role == "assistant":
-        parts = _model_parts(message, target)
-        return {"role": "model", "parts": parts} if parts else None
-    if message.role == "tool":
-        name = names.get(str(message.tool_call_id))
-        if name is None:
-            raise InvalidRequest(
-                f"target {target}: tool message {message.tool_call_id!r} answers no earlier tool call",
-                param="messages",
-            )
-        response = {"name": name, "response": _tool_response(message.text())}
-        return {"role": "user", "parts": [{"functionResponse": response}]}
-    raise InvalidRequest(
-        f"target {target}: role {message.role!r} is not supported; send tool results as role 'tool'",
-        param="messages",
-    )
+        return "model", _model_parts(message, index)
+    name = names.get(str(message.tool_call_id))
+    if name is None:
+        raise InvalidRequest(
+            f"tool message {message.tool_call_id!r} answers no earlier tool call", param=f"messages.{index}"
+        )
+    return "user", [{"functionResponse": {"name": name, "response": _tool_response(message.text())}}]
 
 
-def _user_parts(content: str | list[dict[str, Any]] | None, target: str) -> list[dict[str, Any]]:
-    if content is None or isinstance(content, str):
-        return [{"text": content or ""}]
-    return [_user_part(part, target) for part in content]
+def _user_part(part: Text | Image, index: int) -> dict[str, Any]:
+    if isinstance(part, Text):
+        return {"text": part.text}
+    image = data_url(part.url)
+    if image is None:
+        raise InvalidRequest("images must be base64 data: URLs", param=f"messages.{index}.content")
+    return {"inlineData": {"mimeType": image.mime, "data": image.data}}
 
 
-def _user_part(part: dict[str, Any], target: str) -> dict[str, Any]:
-    kind = part["type"]
-    if kind in ("text", "input_text"):
-        return {"text": str(part.get("text", ""))}
-    if kind == "image_url":
-        image = part.get("image_url")
-        url = str((image.get("url") if isinstance(image, dict) else image) or "")
-        match = _DATA_URL.fullmatch(url)
-        if match is None:
-            raise InvalidRequest(f"target {target}: images must be base64 data: URLs", param="messages")
-        return {"inlineData": {"mimeType": match["mime"], "data": match["data"]}}
-    raise InvalidRequest(f"target {target}: content parts of type {kind!r} are not supported", param="messages")
-
-
-def _model_parts(message: Message, target: str) -> list[dict[str, Any]]:
+def _model_parts(message: Message, index: int) -> list[dict[str, Any]]:
     text = message.text()
-    parts: list[dict[str, Any]] = [{"text": text}] if text else []
-    for call in message.tool_calls or []:
-        function = call.get("function") or {}
-        part: dict[str, Any] = {
-            "functionCall": {
-                "name": str(function.get("name", "")),
-                "args": _arguments(function.get("arguments"), target),
-            }
-        }
-        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+    out: list[dict[str, Any]] = [{"text": text}] if text else []
+    for call in tool_calls(message, index):
+        part: dict[str, Any] = {"functionCall": {"name": call.name, "args": call.arguments}}
+        signature = ((call.raw.get("extra_content") or {}).get("google") or {}).get("thought_signature")
         if signature:
             part["thoughtSignature"] = signature
-        parts.append(part)
-    return parts
-
-
-def _arguments(raw: object, target: str) -> dict[str, Any]:
-    if raw is None or raw == "":
-        return {}
-    try:
-        value = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"target {target}: tool call arguments must be a JSON object", param="messages")
-    return value
+        out.append(part)
+    return out
 
 
 def _tool_response(text: str) -> dict[str, Any]:
+    """A JSON-object tool result as itself; any other text wrapped (``response`` must be an object)."""
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -269,25 +236,20 @@ def _tool_response(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"result": text}
 
 
-def _declaration(tool: dict[str, Any], target: str) -> dict[str, Any]:
-    function = tool.get("function")
-    if tool.get("type") != "function" or not isinstance(function, dict):
-        raise InvalidRequest(f"target {target}: only function tools are supported", param="tools")
-    out: dict[str, Any] = {"name": function.get("name", "")}
-    if function.get("description"):
-        out["description"] = function["description"]
-    if function.get("parameters"):
-        out["parametersJsonSchema"] = function["parameters"]
+def _declaration(tool: FunctionTool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        out["description"] = tool.description
+    if tool.parameters:
+        out["parametersJsonSchema"] = tool.parameters
     return out
 
 
-def _calling_config(choice: str | dict[str, Any], target: str) -> dict[str, Any]:
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        return {"mode": "ANY", "allowedFunctionNames": [str(name)]}
-    if choice not in _TOOL_MODES:
-        raise InvalidRequest(f"target {target}: tool_choice {choice!r} is not supported", param="tool_choice")
-    return {"mode": _TOOL_MODES[choice]}
+def _calling_config(choice: ToolChoice) -> dict[str, Any]:
+    config: dict[str, Any] = {"mode": _TOOL_MODES[choice.mode]}
+    if choice.name is not None:
+        config["allowedFunctionNames"] = [choice.name]
+    return config
 
 
 def _number(value: object) -> float | None:
@@ -309,8 +271,7 @@ def _generation_config(request: ChatRequest) -> dict[str, Any]:
     config = {key: value for key, value in values.items() if value is not None}
     if request.wants_json:
         config["responseMimeType"] = "application/json"
-        schema = ((request.response_format or {}).get("json_schema") or {}).get("schema")
-        if isinstance(schema, dict):
+        if (schema := json_schema(request.response_format)) is not None:
             config["responseJsonSchema"] = schema
     return config
 
@@ -318,10 +279,10 @@ def _generation_config(request: ChatRequest) -> dict[str, Any]:
 # --- answer: Google -> OpenAI -----------------------------------------------------------------
 
 
-def _check_prompt(body: Mapping[str, Any], target: str) -> None:
+def _check_prompt(body: Mapping[str, Any]) -> None:
     feedback = body.get("promptFeedback")
     if isinstance(feedback, dict) and feedback.get("blockReason"):
-        raise ContentFiltered(f"target {target}: the upstream blocked the prompt ({feedback['blockReason']})")
+        raise ContentFiltered(f"the upstream blocked the prompt ({feedback['blockReason']})")
 
 
 def _usage(meta: object) -> Usage | None:
@@ -333,11 +294,8 @@ def _usage(meta: object) -> Usage | None:
 
 def _tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
     call = part["functionCall"]
-    out: dict[str, Any] = {
-        "id": str(call.get("id") or f"call_{uuid.uuid4().hex[:24]}"),
-        "type": "function",
-        "function": {"name": str(call.get("name", "")), "arguments": orjson.dumps(call.get("args") or {}).decode()},
-    }
+    call_id = str(call.get("id") or f"call_{uuid.uuid4().hex[:24]}")
+    out = tool_call(call_id, str(call.get("name", "")), call.get("args") or {})
     if part.get("thoughtSignature"):
         out["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
     return out
@@ -359,10 +317,8 @@ def _read_parts(candidate: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]
     return "".join(text), calls
 
 
-def _finish(reason: object, target: str, *, calls: bool, produced: bool) -> FinishReason:
+def _finish(reason: object, *, calls: bool) -> FinishReason:
     if reason in _SAFETY_STOPS:
-        if not produced:
-            raise ContentFiltered(f"target {target}: the upstream's safety filter withheld the answer ({reason})")
         return "content_filter"
     if reason == "MAX_TOKENS":
         return "length"
@@ -376,173 +332,63 @@ def _first_candidate(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-def completion_from_response(body: Any, *, target: str, model: str, prompt_text: str) -> ChatResult:
+def _completion_id(body: Mapping[str, Any]) -> str | None:
+    return f"chatcmpl-{body['responseId']}" if body.get("responseId") else None
+
+
+def completion_from_response(body: Any, *, model: str, prompt_text: str) -> ChatResult:
     """A ``chat.completion`` for a ``GenerateContentResponse`` body."""
     if not isinstance(body, dict):
-        raise UpstreamProtocolError(f"target {target}: the upstream answer is not a JSON object")
-    _check_prompt(body, target)
+        raise UpstreamProtocolError("the upstream answer is not a JSON object")
+    _check_prompt(body)
     candidate = _first_candidate(body)
     if candidate is None:
-        raise UpstreamProtocolError(f"target {target}: the upstream answer has no candidates")
+        raise UpstreamProtocolError("the upstream answer has no candidates")
     text, calls = _read_parts(candidate)
-    finish = _finish(candidate.get("finishReason"), target, calls=bool(calls), produced=bool(text or calls))
-    usage = _usage(body.get("usageMetadata")) or Usage(_estimate(prompt_text), 0)
-    completion = make_completion(
+    reason = candidate.get("finishReason")
+    return answer(
         model=str(body.get("modelVersion") or model),
-        content=text if text or not calls else None,
-        finish_reason=finish,
-        usage=usage,
-        tool_calls=calls or None,
-        completion_id=f"chatcmpl-{body['responseId']}" if body.get("responseId") else None,
+        text=text,
+        tool_calls=calls,
+        finish=_finish(reason, calls=bool(calls)),
+        why=f"finishReason {reason}",
+        usage=_usage(body.get("usageMetadata")),
+        prompt_text=prompt_text,
+        completion_id=_completion_id(body),
     )
-    return ChatResult(completion, usage)
 
 
-@dataclass
-class _StreamTranslator:
+class GoogleStream:
     """Turns ``GenerateContentResponse`` stream events into OpenAI chunks."""
 
-    target: str
-    model: str
-    prompt_text: str
-    maker: ChunkMaker | None = None
-    usage: Usage | None = None
-    finish_reason: object = None
-    calls: int = 0
-    produced: bool = False
+    def __init__(self, model: str, prompt_text: str, read_error: ErrorReader) -> None:
+        self._out = StreamOutput(model, prompt_text=prompt_text)
+        self._read_error = read_error
+        self._calls = 0
 
-    def _maker(self, body: Mapping[str, Any]) -> ChunkMaker:
-        if self.maker is None:
-            completion_id = f"chatcmpl-{body['responseId']}" if body.get("responseId") else new_completion_id()
-            self.maker = ChunkMaker(completion_id, str(body.get("modelVersion") or self.model), int(time.time()))
-        return self.maker
-
-    def feed(self, body: Mapping[str, Any]) -> list[ChatChunk]:
-        _check_prompt(body, self.target)
-        self.usage = _usage(body.get("usageMetadata")) or self.usage
+    def feed(self, event: SseEvent) -> list[ChatChunk]:
+        body = decode_event(event.data)
+        if "error" in body:
+            code = _status_body(event.data.encode()).get("code")
+            raise self._read_error(
+                code if isinstance(code, int) and 400 <= code < 600 else 502, {}, event.data.encode()
+            )
+        _check_prompt(body)
+        self._out.usage(_usage(body.get("usageMetadata")))
         candidate = _first_candidate(body)
-        if candidate is None:
+        if candidate is None or self._out.finished:
             return []
+        self._out.begin(_completion_id(body), str(body.get("modelVersion") or ""))
         text, calls = _read_parts(candidate)
-        if candidate.get("finishReason"):
-            self.finish_reason = candidate["finishReason"]
-            # A safety stop before any output raises here, before a chunk goes out.
-            _finish(self.finish_reason, self.target, calls=False, produced=self.produced or bool(text or calls))
-        maker = self._maker(body)
-        deltas: list[dict[str, Any]] = [{"content": text}] if text else []
+        chunks = self._out.delta({"content": text}) if text else []
         for call in calls:
-            deltas.append({"tool_calls": [{"index": self.calls, **call}]})
-            self.calls += 1
-        chunks = [maker.delta(delta) for delta in deltas]
-        if chunks and not self.produced:
-            chunks.insert(0, maker.delta({"role": "assistant", "content": ""}))
-        self.produced = self.produced or bool(chunks)
+            chunks += self._out.delta({"tool_calls": [{"index": self._calls, **call}]})
+            self._calls += 1
+        if reason := candidate.get("finishReason"):
+            chunks += self._out.finish(_finish(reason, calls=bool(self._calls)), why=f"finishReason {reason}")
         return chunks
 
     def close(self) -> list[ChatChunk]:
-        """The closing chunks, once the upstream has ended its stream."""
-        if self.finish_reason is None or self.maker is None:
-            raise UpstreamProtocolError(f"target {self.target}: the upstream closed the stream before its last event")
-        finish = _finish(self.finish_reason, self.target, calls=bool(self.calls), produced=self.produced)
-        usage = self.usage or Usage(_estimate(self.prompt_text), 0)
-        return [self.maker.delta({}, finish), self.maker.usage(usage)]
-
-
-def _estimate(text: str) -> int:
-    return max(1, len(text) // 4)
-
-
-# --- the backend ------------------------------------------------------------------------------
-
-
-class GoogleBackend(abc.ABC):
-    """``generateContent`` over our pooled HTTP client; subclasses say where and with what credentials."""
-
-    def __init__(self, name: str, config: GeminiTargetConfig | VertexTargetConfig, base_url: str) -> None:
-        self.name = name
-        self.config = config
-        self.model = config.model
-        self.capabilities = capabilities_for(config.supports, context_window=config.context_window)
-        self._inflight = 0
-        self._http = GoogleUpstream(
-            name,
-            base_url,
-            timeouts=config.timeouts,
-            max_connections=config.max_connections,
-            headers={"content-type": "application/json"},
-            secrets=self._secrets,
-        )
-
-    @property
-    @abc.abstractmethod
-    def model_path(self) -> str:
-        """The model's URL path, e.g. ``/v1beta/models/gemini-2.5-flash``; methods follow a ``:``."""
-
-    @abc.abstractmethod
-    async def auth_headers(self) -> Mapping[str, str]:
-        """The credentials for one request."""
-
-    @abc.abstractmethod
-    def _secrets(self) -> Iterable[str]:
-        """What must never appear in an error message."""
-
-    async def start(self) -> None:
-        self._http.start()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    def readiness(self) -> Readiness:
-        if not self._http.started:
-            return Readiness(ready=False, reason="not started")
-        return Readiness(ready=True)
-
-    def stats(self) -> Mapping[str, float]:
-        return {"inflight": float(self._inflight)}
-
-    def payload(self, request: ChatRequest) -> dict[str, Any]:
-        """The body sent upstream for ``request``, streaming or not."""
-        return generate_content_body(request, target=self.name)
-
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        payload = orjson.dumps(self.payload(request))
-        self._inflight += 1
-        try:
-            headers = await self.auth_headers()
-            body = await self._http.post_json(f"{self.model_path}:generateContent", payload, headers=headers)
-        finally:
-            self._inflight -= 1
-        return completion_from_response(body, target=self.name, model=self.model, prompt_text=request.prompt_text)
-
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        payload = orjson.dumps(self.payload(request))
-        self._inflight += 1
-        try:
-            headers = await self.auth_headers()
-            path = f"{self.model_path}:streamGenerateContent"
-            async with self._http.open_stream(path, payload, headers=headers, params={"alt": "sse"}) as response:
-                async for chunk in self._relay(response, request):
-                    yield chunk
-        finally:
-            self._inflight -= 1
-
-    async def _relay(self, response: UpstreamStream, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        translator = _StreamTranslator(self.name, self.model, request.prompt_text)
-        async for _event, data in iter_sse(response.lines()):
-            try:
-                parsed = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                raise UpstreamProtocolError(f"target {self.name}: the upstream sent an invalid stream event")
-            if "error" in parsed:
-                raise self._stream_error(data)
-            for chunk in translator.feed(parsed):
-                yield chunk
-        for chunk in translator.close():
-            yield chunk
-
-    def _stream_error(self, data: str) -> HybridRouterError:
-        code = _status_body(data.encode()).get("code")
-        status = code if isinstance(code, int) and 400 <= code < 600 else 502
-        return google_error(self.name, status, data.encode(), {}, self._secrets())
+        if not self._out.finished:
+            raise UpstreamProtocolError("the upstream closed the stream before its last event")
+        return self._out.close()

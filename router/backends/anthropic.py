@@ -22,7 +22,7 @@ Requests are translated from OpenAI's shape, answers and streams back into it:
   ``temperature`` and ``top_p`` together, so ``top_p`` is sent only alone.
 * Finish reasons: end_turn / stop_sequence / pause_turn -> stop, max_tokens /
   model_context_window_exceeded -> length, tool_use -> tool_calls, refusal ->
-  content_filter; a refusal before any output raises :class:`ContentFiltered`.
+  content_filter (under the common output rules: an error before any output).
 * Errors: HTTP errors and ``event: error`` stream events map onto our tree by
   status (or error ``type``); ``overloaded_error`` (529) is :class:`BackendBusy`,
   with the upstream's ``Retry-After`` kept. Streams carry no ``[DONE]``: one
@@ -32,122 +32,140 @@ Requests are translated from OpenAI's shape, answers and streams back into it:
 from __future__ import annotations
 
 import os
-import re
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from router.backends.base import Readiness, capabilities_for
-from router.backends.http import (
-    HttpUpstream,
-    UpstreamStream,
-    error_for_status,
-    iter_sse,
-    parse_retry_after,
-    scrub,
-    upstream_message,
+from router.backends._openai_input import (
+    FunctionTool,
+    Image,
+    Text,
+    ToolChoice,
+    conversation,
+    data_url,
+    function_tools,
+    json_schema,
+    merge_turns,
+    parts,
+    system_texts,
+    tool_calls,
+    tool_choice,
+    tool_result,
 )
-from router.chat import (
-    ChatChunk,
-    ChatRequest,
-    ChatResult,
-    ChunkMaker,
-    FinishReason,
-    Message,
-    Usage,
-    make_completion,
-    new_completion_id,
-)
+from router.backends._output import StreamOutput, answer, tool_call
+from router.backends._relay import SseEvent, decode_event
+from router.backends.base import capabilities_for
+from router.backends.http import ErrorReader, error_for_status, parse_retry_after, upstream_message
+from router.backends.http_backend import Exchange, SseBackend
+from router.chat import ChatChunk, ChatRequest, ChatResult, FinishReason, Message, Usage
 from router.config import AnthropicTargetConfig
-from router.errors import (
-    BackendBusy,
-    ContentFiltered,
-    HybridRouterError,
-    InvalidRequest,
-    UpstreamProtocolError,
-)
+from router.errors import BackendBusy, HybridRouterError, InvalidRequest, UpstreamProtocolError
 
-__all__ = ["AnthropicBackend", "anthropic_error", "messages_payload"]
+__all__ = ["AnthropicBackend", "AnthropicStream", "anthropic_error", "completion_from_message", "messages_payload"]
 
 MESSAGES_PATH = "/v1/messages"
 # The first API version without temperature, top_p and top_k.
 SAMPLING_REMOVED_IN = "2026-10-21"
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-_DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", re.DOTALL)
 
 _FINISH: Mapping[str, FinishReason] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
+    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+    "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter",
+}  # fmt: skip
 # Anthropic's error types and the status each is documented with.
 _ERROR_STATUS: Mapping[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
+    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
+    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+    "timeout_error": 504, "overloaded_error": 529,
+}  # fmt: skip
 
 
-def anthropic_error(
-    target: str, status: int, body: bytes, headers: Mapping[str, str], secrets: Iterable[str]
-) -> HybridRouterError:
+def anthropic_error(status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
     """Our error for an Anthropic error body, from an HTTP answer or an ``error`` stream event."""
     message, code = upstream_message(body)
-    message = scrub(message, secrets)
     if status == 529 or code == "overloaded_error":
         retry_after = parse_retry_after(headers)
         return BackendBusy(
-            f"target {target}: upstream returned {status}: {message}",
-            retry_after=retry_after if retry_after is not None else 1.0,
+            f"upstream returned {status}: {message}", retry_after=retry_after if retry_after is not None else 1.0
         )
-    return error_for_status(target, status, message, headers=headers, code=code)
+    return error_for_status(status, message, headers=headers, code=code)
 
 
-class _AnthropicUpstream(HttpUpstream):
-    """The pooled client, with Anthropic's overloaded (529) status understood."""
+class AnthropicBackend(SseBackend):
+    """Sends requests to Anthropic's Messages API with the key from ``api_key_env``.
 
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
-        return anthropic_error(self.target, status, body, headers, self._secrets())
+    >>> config = AnthropicTargetConfig(type="anthropic", model="claude-sonnet-4-6")
+    >>> AnthropicBackend("claude", config, environ={}).readiness().reason
+    'no API key: ANTHROPIC_API_KEY is not set'
+    """
+
+    def __init__(self, name: str, config: AnthropicTargetConfig, *, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.config = config
+        self._key = env.get(config.api_key_env, "")
+        super().__init__(
+            name,
+            config,
+            model=config.model,
+            base_url=str(config.base_url),
+            capabilities=capabilities_for(config.supports, json_schema=False, context_window=config.context_window),
+            headers={"anthropic-version": config.anthropic_version, **({"x-api-key": self._key} if self._key else {})},
+        )
+
+    def problem(self) -> str | None:
+        return None if self._key else f"no API key: {self.config.api_key_env} is not set"
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._key,)
+
+    def payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """The body sent upstream for ``request``."""
+        body = messages_payload(
+            request,
+            model=self.model,
+            default_max_tokens=self.config.default_max_tokens,
+            version=self.config.anthropic_version,
+        )
+        if stream:
+            body["stream"] = True
+        return body
+
+    async def exchange(self, request: ChatRequest, *, stream: bool) -> Exchange:
+        return Exchange(MESSAGES_PATH, orjson.dumps(self.payload(request, stream=stream)))
+
+    def read_answer(self, body: Any, request: ChatRequest) -> ChatResult:
+        return completion_from_message(body, model=self.model, prompt_text=request.prompt_text)
+
+    def translator(self, request: ChatRequest) -> AnthropicStream:
+        return AnthropicStream(self.model, request.prompt_text, self.read_error)
+
+    def read_error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
+        return anthropic_error(status, headers, body)
 
 
 # --- request: OpenAI -> Anthropic -------------------------------------------------------------
 
 
-def messages_payload(
-    request: ChatRequest, *, target: str, model: str, default_max_tokens: int, version: str
-) -> dict[str, Any]:
+def messages_payload(request: ChatRequest, *, model: str, default_max_tokens: int, version: str) -> dict[str, Any]:
     """The Messages API body for ``request`` (without ``stream``)."""
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": request.effective_max_tokens or default_max_tokens,
-        "messages": _turns(request.messages, target),
+        "messages": _turns(request.messages),
     }
-    system = "\n\n".join(m.text() for m in request.messages if m.role in ("system", "developer"))
-    if system:
+    if system := "\n\n".join(system_texts(request.messages)):
         body["system"] = system
     if request.stop_sequences:
         body["stop_sequences"] = request.stop_sequences
     if version < SAMPLING_REMOVED_IN:
         body.update(_sampling(request))
     if request.tools:
-        body["tools"] = [_tool(tool, target) for tool in request.tools]
-        body["tool_choice"] = _tool_choice(request.tool_choice, (request.model_extra or {}).get("parallel_tool_calls"))
+        body["tools"] = [_tool(tool) for tool in function_tools(request.tools)]
+        parallel = (request.model_extra or {}).get("parallel_tool_calls")
+        body["tool_choice"] = _tool_choice(tool_choice(request.tool_choice), parallel)
     if request.wants_json:
-        body["output_config"] = {"format": _output_format(request.response_format or {}, target)}
+        body["output_config"] = {"format": _output_format(request.response_format)}
     if request.user:
         body["metadata"] = {"user_id": request.user}
     return body
@@ -164,137 +182,73 @@ def _sampling(request: ChatRequest) -> dict[str, Any]:
     return out
 
 
-def _turns(messages: list[Message], target: str) -> list[dict[str, Any]]:
-    """User and assistant turns, adjacent turns of one role merged."""
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        turn = _turn(message, target)
-        if turn is None:
-            continue
-        if turns and turns[-1]["role"] == turn["role"]:
-            turns[-1]["content"] = _blocks(turns[-1]["content"]) + _blocks(turn["content"])
-        else:
-            turns.append(turn)
-    return turns
+def _text_block(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
 
 
-def _blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+def _turns(messages: list[Message]) -> list[dict[str, Any]]:
+    """User and assistant turns; a string stays a string unless merged with a neighbour."""
+    turns = (_turn(index, message) for index, message in conversation(messages))
+    return [{"role": role, "content": content} for role, content in merge_turns(turns, _text_block)]
 
 
-def _turn(message: Message, target: str) -> dict[str, Any] | None:
-    if message.role in ("system", "developer"):
-        return None
+def _turn(index: int, message: Message) -> tuple[str, str | list[dict[str, Any]]]:
     if message.role == "user":
-        return {"role": "user", "content": _user_content(message.content, target)}
+        if message.content is None or isinstance(message.content, str):
+            return "user", message.content or ""
+        return "user", [_user_block(part, index) for part in parts(message, index)]
     if message.role == "assistant":
-        # An assistant turn with neither text nor tool calls is a 400 (empty content): leave it out.
-        blocks = _assistant_blocks(message, target)
-        return {"role": "assistant", "content": blocks} if blocks else None
-    if message.role == "tool":
-        if not message.tool_call_id:
-            raise InvalidRequest(f"target {target}: a tool message needs its tool_call_id", param="messages")
-        result = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text()}
-        return {"role": "user", "content": [result]}
-    raise InvalidRequest(
-        f"target {target}: role {message.role!r} is not supported; send tool results as role 'tool'",
-        param="messages",
-    )
+        # Neither text nor tool calls is a 400 (empty content): such a turn comes out empty and is left out.
+        text = message.text()
+        blocks = [_text_block(text)] if text else []
+        for call in tool_calls(message, index):
+            blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments})
+        return "assistant", blocks
+    result = {"type": "tool_result", "tool_use_id": tool_result(message, index), "content": message.text()}
+    return "user", [result]
 
 
-def _user_content(content: str | list[dict[str, Any]] | None, target: str) -> str | list[dict[str, Any]]:
-    if content is None or isinstance(content, str):
-        return content or ""
-    return [_user_block(part, target) for part in content]
-
-
-def _user_block(part: dict[str, Any], target: str) -> dict[str, Any]:
-    kind = part["type"]
-    if kind in ("text", "input_text"):
-        return {"type": "text", "text": str(part.get("text", ""))}
-    if kind == "image_url":
-        image = part.get("image_url")
-        url = image.get("url") if isinstance(image, dict) else image
-        return {"type": "image", "source": _image_source(str(url or ""), target)}
-    raise InvalidRequest(f"target {target}: content parts of type {kind!r} are not supported", param="messages")
-
-
-def _image_source(url: str, target: str) -> dict[str, Any]:
-    if url.startswith(("http://", "https://")):
-        return {"type": "url", "url": url}
-    match = _DATA_URL.fullmatch(url)
-    if match is None or match["mime"] not in _IMAGE_TYPES:
+def _user_block(part: Text | Image, index: int) -> dict[str, Any]:
+    if isinstance(part, Text):
+        return _text_block(part.text)
+    if part.url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": part.url}}
+    image = data_url(part.url)
+    if image is None or image.mime not in _IMAGE_TYPES:
         raise InvalidRequest(
-            f"target {target}: images must be http(s) URLs or base64 data: URLs of JPEG, PNG, GIF or WebP",
-            param="messages",
+            "images must be http(s) URLs or base64 data: URLs of JPEG, PNG, GIF or WebP",
+            param=f"messages.{index}.content",
         )
-    return {"type": "base64", "media_type": match["mime"], "data": match["data"]}
+    return {"type": "image", "source": {"type": "base64", "media_type": image.mime, "data": image.data}}
 
 
-def _assistant_blocks(message: Message, target: str) -> list[dict[str, Any]]:
-    text = message.text()
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
-    for call in message.tool_calls or []:
-        function = call.get("function") or {}
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": str(call.get("id", "")),
-                "name": str(function.get("name", "")),
-                "input": _arguments(function.get("arguments"), target),
-            }
-        )
-    return blocks
-
-
-def _arguments(raw: object, target: str) -> dict[str, Any]:
-    """A tool call's ``arguments`` JSON string as the object Anthropic wants."""
-    if raw is None or raw == "":
-        return {}
-    try:
-        value = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"target {target}: tool call arguments must be a JSON object", param="messages")
-    return value
-
-
-def _tool(tool: dict[str, Any], target: str) -> dict[str, Any]:
-    function = tool.get("function")
-    if tool.get("type") != "function" or not isinstance(function, dict):
-        raise InvalidRequest(f"target {target}: only function tools are supported", param="tools")
-    out: dict[str, Any] = {
-        "name": function.get("name", ""),
-        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
-    }
-    if function.get("description"):
-        out["description"] = function["description"]
-    if function.get("strict") is not None:
-        out["strict"] = bool(function["strict"])
+def _tool(tool: FunctionTool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name, "input_schema": tool.parameters or {"type": "object", "properties": {}}}
+    if tool.description:
+        out["description"] = tool.description
+    if tool.strict is not None:
+        out["strict"] = tool.strict
     return out
 
 
-def _tool_choice(choice: str | dict[str, Any] | None, parallel: object) -> dict[str, Any]:
-    out: dict[str, Any]
-    if choice == "none":
+def _tool_choice(choice: ToolChoice | None, parallel: object) -> dict[str, Any]:
+    if choice is not None and choice.mode == "none":
         return {"type": "none"}
-    if choice == "required":
+    out: dict[str, Any] = {"type": "auto"}
+    if choice is not None and choice.mode == "required":
         out = {"type": "any"}
-    elif isinstance(choice, dict):
-        out = {"type": "tool", "name": str((choice.get("function") or {}).get("name", ""))}
-    else:
-        out = {"type": "auto"}
+    elif choice is not None and choice.mode == "function":
+        out = {"type": "tool", "name": choice.name}
     if parallel is False:
         out["disable_parallel_tool_use"] = True
     return out
 
 
-def _output_format(response_format: dict[str, Any], target: str) -> dict[str, Any]:
-    schema = (response_format.get("json_schema") or {}).get("schema")
-    if response_format.get("type") != "json_schema" or not isinstance(schema, dict):
+def _output_format(response_format: dict[str, Any] | None) -> dict[str, Any]:
+    schema = json_schema(response_format)
+    if schema is None:
         raise InvalidRequest(
-            f"target {target}: Anthropic has no JSON-object mode; send response_format json_schema with a schema",
+            "Anthropic has no JSON-object mode; send response_format json_schema with a schema",
             param="response_format",
         )
     return {"type": "json_schema", "schema": schema}
@@ -316,248 +270,116 @@ def _usage(usage: object) -> Usage | None:
 
 
 def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
-    arguments = orjson.dumps(block.get("input") or {}).decode()
-    return {"id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": arguments}}
+    return tool_call(str(block.get("id")), str(block.get("name")), block.get("input") or {})
 
 
-def _finish(stop_reason: object, target: str, *, produced: bool) -> FinishReason:
-    finish = _FINISH.get(str(stop_reason), "stop")
-    if finish == "content_filter" and not produced:
-        raise ContentFiltered(f"target {target}: the upstream refused to answer (stop_reason refusal)")
-    return finish
-
-
-def completion_from_message(body: Any, *, target: str, model: str, prompt_text: str) -> ChatResult:
+def completion_from_message(body: Any, *, model: str, prompt_text: str) -> ChatResult:
     """A ``chat.completion`` for an Anthropic ``message`` body."""
     if not isinstance(body, dict) or body.get("type") != "message" or not isinstance(body.get("content"), list):
-        raise UpstreamProtocolError(f"target {target}: the upstream answer is not a message")
+        raise UpstreamProtocolError("the upstream answer is not a message")
     blocks = [block for block in body["content"] if isinstance(block, dict)]
-    text = "".join(str(block.get("text", "")) for block in blocks if block.get("type") == "text")
-    tool_calls = [_tool_call(block) for block in blocks if block.get("type") == "tool_use"]
-    finish = _finish(body.get("stop_reason"), target, produced=bool(text or tool_calls))
-    usage = _usage(body.get("usage")) or Usage(_estimate(prompt_text), 0)
-    completion = make_completion(
+    stop = body.get("stop_reason")
+    return answer(
         model=str(body.get("model") or model),
-        content=text if text or not tool_calls else None,
-        finish_reason=finish,
-        usage=usage,
-        tool_calls=tool_calls or None,
+        text="".join(str(block.get("text", "")) for block in blocks if block.get("type") == "text"),
+        tool_calls=[_tool_call(block) for block in blocks if block.get("type") == "tool_use"],
+        finish=_FINISH.get(str(stop), "stop"),
+        why=f"stop_reason {stop}",
+        usage=_usage(body.get("usage")),
+        prompt_text=prompt_text,
         completion_id=f"chatcmpl-{body['id']}" if body.get("id") else None,
     )
-    return ChatResult(completion, usage)
 
 
-@dataclass
-class _StreamTranslator:
+class AnthropicStream:
     """Turns Anthropic's named stream events into OpenAI chunks, one event at a time."""
 
-    target: str
-    model: str
-    maker: ChunkMaker | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    stop_reason: object = None
-    produced: bool = False
-    announced: bool = False
-    finished: bool = False
-    # Anthropic content-block index -> OpenAI tool_calls index.
-    tools: dict[int, int] = field(default_factory=dict)
+    def __init__(self, model: str, prompt_text: str, read_error: ErrorReader) -> None:
+        self._out = StreamOutput(model, prompt_text=prompt_text)
+        self._read_error = read_error
+        self._started = False
+        self._stop_reason: object = None
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        # Anthropic content-block index -> OpenAI tool_calls index.
+        self._tools: dict[int, int] = {}
 
-    def feed(self, data: dict[str, Any]) -> list[ChatChunk]:
-        """The chunks for one event; the first opens with the ``role`` chunk, as OpenAI's streams do.
-
-        Nothing goes out before there is output, so a refusal before any output
-        still reaches the caller as an error status rather than a broken stream.
-        """
-        chunks = self._translate(data)
-        if chunks and not self.announced and self.maker is not None:
-            self.announced = True
-            chunks.insert(0, self.maker.delta({"role": "assistant", "content": ""}))
-        return chunks
-
-    def _translate(self, data: dict[str, Any]) -> list[ChatChunk]:
+    def feed(self, event: SseEvent) -> list[ChatChunk]:
+        data = decode_event(event.data)
         kind = data.get("type")
+        if event.name == "error" or kind == "error":
+            error = _mapping(data.get("error"))
+            raise self._read_error(_ERROR_STATUS.get(str(error.get("type")), 502), {}, event.data.encode())
         if kind == "message_start":
-            return self._start(data.get("message"))
-        maker = self.maker
-        if maker is None:
-            if kind in ("ping", "error"):
+            self._start(data.get("message"))
+            return []
+        if not self._started:
+            if kind == "ping":
                 return []
-            raise UpstreamProtocolError(f"target {self.target}: the stream did not begin with message_start")
+            raise UpstreamProtocolError("the stream did not begin with message_start")
         if kind == "content_block_start":
-            return self._block_start(maker, data)
+            return self._block_start(data)
         if kind == "content_block_delta":
-            return self._block_delta(maker, data)
+            return self._block_delta(data)
         if kind == "message_delta":
             self._message_delta(data)
-        elif kind == "message_stop":
-            return self._stop(maker)
+        elif kind == "message_stop" and not self._out.finished:
+            reason = self._stop_reason
+            return self._out.finish(_FINISH.get(str(reason), "stop"), why=f"stop_reason {reason}")
         return []
 
-    def _start(self, message: object) -> list[ChatChunk]:
+    def close(self) -> list[ChatChunk]:
+        if not self._out.finished:
+            raise UpstreamProtocolError("the upstream closed the stream before message_stop")
+        self._out.usage(Usage(self._prompt_tokens, self._completion_tokens))
+        return self._out.close()
+
+    def _start(self, message: object) -> None:
         if not isinstance(message, dict):
-            raise UpstreamProtocolError(f"target {self.target}: message_start carries no message")
+            raise UpstreamProtocolError("message_start carries no message")
         usage = _mapping(message.get("usage"))
-        self.prompt_tokens = _prompt_tokens(usage)
-        self.completion_tokens = int(usage.get("output_tokens") or 0)
-        completion_id = f"chatcmpl-{message['id']}" if message.get("id") else new_completion_id()
-        self.maker = ChunkMaker(completion_id, str(message.get("model") or self.model), int(time.time()))
-        return []
+        self._prompt_tokens = _prompt_tokens(usage)
+        self._completion_tokens = int(usage.get("output_tokens") or 0)
+        completion_id = f"chatcmpl-{message['id']}" if message.get("id") else None
+        self._out.begin(completion_id, str(message.get("model") or ""))
+        self._started = True
 
-    def _block_start(self, maker: ChunkMaker, data: dict[str, Any]) -> list[ChatChunk]:
+    def _block_start(self, data: dict[str, Any]) -> list[ChatChunk]:
         block = data.get("content_block")
         if not isinstance(block, dict):
             return []
         if block.get("type") == "text" and block.get("text"):
-            self.produced = True
-            return [maker.delta({"content": block["text"]})]
+            return self._out.delta({"content": block["text"]})
         if block.get("type") != "tool_use":
             return []
-        self.produced = True
-        index = self.tools[int(data.get("index", 0))] = len(self.tools)
+        index = self._tools[int(data.get("index", 0))] = len(self._tools)
         call = _tool_call(block)
         if not block.get("input"):
             call["function"]["arguments"] = ""
-        return [maker.delta({"tool_calls": [{"index": index, **call}]})]
+        return self._out.delta({"tool_calls": [{"index": index, **call}]})
 
-    def _block_delta(self, maker: ChunkMaker, data: dict[str, Any]) -> list[ChatChunk]:
+    def _block_delta(self, data: dict[str, Any]) -> list[ChatChunk]:
         delta = data.get("delta")
         if not isinstance(delta, dict):
             return []
         if delta.get("type") == "text_delta" and delta.get("text"):
-            self.produced = True
-            return [maker.delta({"content": delta["text"]})]
-        index = self.tools.get(int(data.get("index", -1)))
+            return self._out.delta({"content": delta["text"]})
+        index = self._tools.get(int(data.get("index", -1)))
         if delta.get("type") == "input_json_delta" and delta.get("partial_json") and index is not None:
-            return [maker.delta({"tool_calls": [{"index": index, "function": {"arguments": delta["partial_json"]}}]})]
+            return self._out.delta({"tool_calls": [{"index": index, "function": {"arguments": delta["partial_json"]}}]})
         return []
 
     def _message_delta(self, data: dict[str, Any]) -> None:
         delta = data.get("delta")
         if isinstance(delta, dict) and delta.get("stop_reason"):
-            self.stop_reason = delta["stop_reason"]
+            self._stop_reason = delta["stop_reason"]
         usage = data.get("usage")
         if isinstance(usage, dict):
             if isinstance(usage.get("output_tokens"), int):
-                self.completion_tokens = usage["output_tokens"]
+                self._completion_tokens = usage["output_tokens"]
             if isinstance(usage.get("input_tokens"), int):
-                self.prompt_tokens = _prompt_tokens(usage)
-
-    def _stop(self, maker: ChunkMaker) -> list[ChatChunk]:
-        finish = _finish(self.stop_reason, self.target, produced=self.produced)
-        self.finished = True
-        usage = Usage(self.prompt_tokens, self.completion_tokens)
-        return [maker.delta({}, finish), maker.usage(usage)]
-
-
-class AnthropicBackend:
-    """Sends requests to Anthropic's Messages API with the key from ``api_key_env``.
-
-    >>> config = AnthropicTargetConfig(type="anthropic", model="claude-sonnet-4-6")
-    >>> AnthropicBackend("claude", config, environ={}).readiness().reason
-    'no API key: ANTHROPIC_API_KEY is not set'
-    """
-
-    def __init__(
-        self,
-        name: str,
-        config: AnthropicTargetConfig,
-        *,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.model = config.model
-        self.capabilities = capabilities_for(config.supports, json_schema=False, context_window=config.context_window)
-        env = os.environ if environ is None else environ
-        self._key = env.get(config.api_key_env, "")
-        self._inflight = 0
-        headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
-        if self._key:
-            headers["x-api-key"] = self._key
-        self._http = _AnthropicUpstream(
-            name,
-            str(config.base_url),
-            timeouts=config.timeouts,
-            max_connections=config.max_connections,
-            headers=headers,
-            secrets=lambda: (self._key,),
-        )
-
-    async def start(self) -> None:
-        self._http.start()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    def readiness(self) -> Readiness:
-        if not self._key:
-            return Readiness(ready=False, reason=f"no API key: {self.config.api_key_env} is not set")
-        if not self._http.started:
-            return Readiness(ready=False, reason="not started")
-        return Readiness(ready=True)
-
-    def stats(self) -> Mapping[str, float]:
-        return {"inflight": float(self._inflight)}
-
-    def payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-        """The body sent upstream for ``request``."""
-        body = messages_payload(
-            request,
-            target=self.name,
-            model=self.model,
-            default_max_tokens=self.config.default_max_tokens,
-            version=self.config.anthropic_version,
-        )
-        if stream:
-            body["stream"] = True
-        return body
-
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        payload = orjson.dumps(self.payload(request, stream=False))
-        self._inflight += 1
-        try:
-            body = await self._http.post_json(MESSAGES_PATH, payload, headers={})
-        finally:
-            self._inflight -= 1
-        return completion_from_message(body, target=self.name, model=self.model, prompt_text=request.prompt_text)
-
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        payload = orjson.dumps(self.payload(request, stream=True))
-        self._inflight += 1
-        try:
-            async with self._http.open_stream(MESSAGES_PATH, payload, headers={}) as response:
-                async for chunk in self._relay(response):
-                    yield chunk
-        finally:
-            self._inflight -= 1
-
-    async def _relay(self, response: UpstreamStream) -> AsyncIterator[ChatChunk]:
-        translator = _StreamTranslator(self.name, self.model)
-        async for event, data in iter_sse(response.lines()):
-            try:
-                parsed = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                raise UpstreamProtocolError(f"target {self.name}: the upstream sent an invalid stream event")
-            if event == "error" or parsed.get("type") == "error":
-                raise self._stream_error(parsed, data)
-            for chunk in translator.feed(parsed):
-                yield chunk
-            if translator.finished:
-                return
-        raise UpstreamProtocolError(f"target {self.name}: the upstream closed the stream before message_stop")
-
-    def _stream_error(self, parsed: dict[str, Any], data: str) -> HybridRouterError:
-        error = _mapping(parsed.get("error"))
-        status = _ERROR_STATUS.get(str(error.get("type")), 502)
-        return anthropic_error(self.name, status, data.encode(), {}, (self._key,))
+                self._prompt_tokens = _prompt_tokens(usage)
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _estimate(text: str) -> int:
-    return max(1, len(text) // 4)

@@ -10,10 +10,11 @@ same helpers as :mod:`router.backends.openai_compat`. What differs:
   bearer token from ``azure-identity``, fetched off the event loop and
   reused until shortly before it expires;
 * content filtering: a blocked prompt is a 400 ``content_filter`` error with
-  ``innererror.content_filter_result``; a blocked answer ends with
-  ``finish_reason: "content_filter"``. Both become :class:`ContentFiltered`
-  naming the categories, so the caller gets a clear error instead of a
-  silently truncated answer;
+  ``innererror.content_filter_result``, which becomes :class:`ContentFiltered`
+  naming the categories. A blocked answer ends with ``finish_reason:
+  "content_filter"`` and follows the common output rules: ContentFiltered
+  (naming the categories) when nothing came before it, else the partial
+  answer with that finish reason, as OpenAI's own API answers;
 * annotations: streams open with a chunk holding only
   ``prompt_filter_results`` and may carry filter-only chunks without a
   ``delta``; neither is relayed, and the ``*_filter_results`` fields are
@@ -34,18 +35,19 @@ import asyncio
 import importlib
 import os
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import orjson
 
-from router.backends.base import Readiness, capabilities_for
-from router.backends.http import HttpUpstream
-from router.backends.openai_compat import openai_payload, read_completion, relay_sse
-from router.chat import ChatChunk, ChatRequest, ChatResult
+from router.backends.base import capabilities_for
+from router.backends.http import read_error
+from router.backends.http_backend import Exchange, SseBackend
+from router.backends.openai_compat import OpenAIStream, openai_payload, read_completion
+from router.chat import ChatRequest, ChatResult
 from router.config import AzureOpenAITargetConfig
-from router.errors import ConfigError, ContentFiltered, HybridRouterError, UpstreamAuthError, UpstreamProtocolError
+from router.errors import ConfigError, ContentFiltered, HybridRouterError, UpstreamAuthError
 
 __all__ = ["AccessToken", "AzureOpenAIBackend", "EntraTokens", "TokenCredential", "require_azure"]
 
@@ -79,7 +81,6 @@ class EntraTokens:
 
     def __init__(
         self,
-        target: str,
         credential: TokenCredential,
         scope: str,
         *,
@@ -87,7 +88,6 @@ class EntraTokens:
         retry_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._target = target
         self._credential = credential
         self._scope = scope
         self._margin = refresh_margin_s
@@ -119,9 +119,7 @@ class EntraTokens:
             access = await asyncio.to_thread(self._credential.get_token, self._scope)
         except Exception as exc:  # credential chains raise azure-core, msal and OS errors alike
             self._failure = (self._clock(), type(exc).__name__)
-            raise UpstreamAuthError(
-                f"target {self._target}: could not get a Microsoft Entra ID token ({type(exc).__name__})"
-            ) from exc
+            raise UpstreamAuthError(f"could not get a Microsoft Entra ID token ({type(exc).__name__})") from exc
         self._token, self._expires_on, self._failure = access.token, float(access.expires_on), None
 
     def invalidate(self) -> None:
@@ -151,19 +149,6 @@ def _default_credential(target: str) -> TokenCredential:
     return credential
 
 
-class _AzureUpstream(HttpUpstream):
-    """HttpUpstream that names the categories of Azure's content-filter errors."""
-
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
-        categories = _filtered_prompt(body)
-        if categories is None:
-            return super().error(status, headers, body)
-        return ContentFiltered(
-            f"target {self.target}: upstream returned {status}: "
-            f"Azure OpenAI's content filter blocked the prompt ({categories})"
-        )
-
-
 def _filtered_prompt(body: bytes) -> str | None:
     """The filtered categories of a ``content_filter`` error body; None for other errors."""
     try:
@@ -189,7 +174,24 @@ def _categories(results: object) -> str:
     return ", ".join(named) or "category not given"
 
 
-class AzureOpenAIBackend:
+def strip_annotations(body: dict[str, Any]) -> str:
+    """Remove Azure's filter annotations from an answer or chunk, so clients see OpenAI's shapes.
+
+    Returns the categories that stopped the answer, for a filter stop's error.
+    """
+    body.pop("prompt_filter_results", None)
+    why = "category not given"
+    for choice in body.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        results = choice.pop("content_filter_results", None)
+        choice.pop("content_filter_offsets", None)
+        if choice.get("finish_reason") == "content_filter":
+            why = _categories(results)
+    return why
+
+
+class AzureOpenAIBackend(SseBackend):
     """Sends requests to one Azure OpenAI deployment.
 
     ``credential`` replaces ``DefaultAzureCredential`` for ``auth: entra_id``
@@ -205,11 +207,8 @@ class AzureOpenAIBackend:
         credential: TokenCredential | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.name = name
-        self.config = config
-        self.model = config.model or config.deployment
-        self.capabilities = capabilities_for(config.supports, context_window=config.context_window)
         env = os.environ if environ is None else environ
+        self.config = config
         self._key = env.get(config.api_key_env, "") if config.auth == "api_key" else ""
         self._credential: Any = None
         self._owns_credential = False
@@ -217,108 +216,57 @@ class AzureOpenAIBackend:
         if config.auth == "entra_id":
             self._credential = credential or _default_credential(name)
             self._owns_credential = credential is None
-            self._tokens = EntraTokens(name, self._credential, config.entra_scope, clock=clock)
+            self._tokens = EntraTokens(self._credential, config.entra_scope, clock=clock)
         self._params = {"api-version": config.api_version}
-        self._inflight = 0
         endpoint = str(config.endpoint).rstrip("/")
-        self._http = _AzureUpstream(
+        super().__init__(
             name,
-            f"{endpoint}/openai/deployments/{quote(config.deployment, safe='')}",
-            timeouts=config.timeouts,
-            max_connections=config.max_connections,
-            headers={"content-type": "application/json", **({"api-key": self._key} if self._key else {})},
-            secrets=self._secrets,
+            config,
+            model=config.model or config.deployment,
+            base_url=f"{endpoint}/openai/deployments/{quote(config.deployment, safe='')}",
+            capabilities=capabilities_for(config.supports, context_window=config.context_window),
+            headers={"api-key": self._key} if self._key else {},
         )
 
-    def _secrets(self) -> tuple[str, ...]:
+    def problem(self) -> str | None:
+        if self.config.auth == "api_key" and not self._key:
+            return f"no API key: {self.config.api_key_env} is not set"
+        if self._tokens is not None and (failure := self._tokens.failure()):
+            return f"no Microsoft Entra ID token: {failure}"
+        return None
+
+    def secrets(self) -> Iterable[str]:
         return (self._key, self._tokens.current if self._tokens else "")
 
-    async def start(self) -> None:
-        self._http.start()
-
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await super().aclose()
         close = getattr(self._credential, "close", None)
         if self._tokens is not None and self._owns_credential and callable(close):
             await asyncio.to_thread(close)
-
-    def readiness(self) -> Readiness:
-        if self.config.auth == "api_key" and not self._key:
-            return Readiness(ready=False, reason=f"no API key: {self.config.api_key_env} is not set")
-        if self._tokens is not None and (failure := self._tokens.failure()):
-            return Readiness(ready=False, reason=f"no Microsoft Entra ID token: {failure}")
-        if not self._http.started:
-            return Readiness(ready=False, reason="not started")
-        return Readiness(ready=True)
-
-    def stats(self) -> Mapping[str, float]:
-        return {"inflight": float(self._inflight)}
 
     def payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """The body sent upstream; ``model`` names the deployment (Azure ignores it)."""
         return openai_payload(request, model=self.config.deployment, stream=stream)
 
-    async def _auth_headers(self) -> dict[str, str]:
-        if self._tokens is None:
-            return {}
-        return {"authorization": f"Bearer {await self._tokens.token()}"}
+    async def exchange(self, request: ChatRequest, *, stream: bool) -> Exchange:
+        headers = {} if self._tokens is None else {"authorization": f"Bearer {await self._tokens.token()}"}
+        return Exchange(PATH, orjson.dumps(self.payload(request, stream=stream)), headers, self._params)
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        self._inflight += 1
-        try:
-            payload = orjson.dumps(self.payload(request, stream=False))
-            body = await self._http.post_json(PATH, payload, headers=await self._auth_headers(), params=self._params)
-        except UpstreamAuthError:
-            self._forget_token()
-            raise
-        finally:
-            self._inflight -= 1
-        result = read_completion(self.name, body, request)
-        for choice in self._choices(result.body):
-            self._raise_if_filtered(choice)
-            choice.pop("content_filter_results", None)
-        result.body.pop("prompt_filter_results", None)
-        return result
+    def read_answer(self, body: Any, request: ChatRequest) -> ChatResult:
+        return read_completion(body, request, strip_annotations)
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        self._inflight += 1
-        try:
-            payload = orjson.dumps(self.payload(request, stream=True))
-            headers = await self._auth_headers()
-            async with self._http.open_stream(PATH, payload, headers=headers, params=self._params) as response:
-                async for chunk in relay_sse(self.name, response, request, model=self.model, secrets=self._secrets()):
-                    if self._annotation_only(chunk):
-                        continue
-                    yield chunk
-        except UpstreamAuthError:
-            self._forget_token()
-            raise
-        finally:
-            self._inflight -= 1
+    def translator(self, request: ChatRequest) -> OpenAIStream:
+        return OpenAIStream(self.model, request.prompt_text, self.read_error, strip_annotations)
 
-    def _annotation_only(self, chunk: ChatChunk) -> bool:
-        """Check a chunk's choices for filtering and strip Azure's annotations; True when nothing is left."""
-        chunk.pop("prompt_filter_results", None)
-        choices = self._choices(chunk)
-        for choice in choices:
-            self._raise_if_filtered(choice)
-            choice.pop("content_filter_results", None)
-            choice.pop("content_filter_offsets", None)
-        return bool(choices) and all("delta" not in choice for choice in choices)
+    def read_error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
+        categories = _filtered_prompt(body)
+        if categories is None:
+            return read_error(status, headers, body)
+        return ContentFiltered(
+            f"upstream returned {status}: Azure OpenAI's content filter blocked the prompt ({categories})"
+        )
 
-    def _choices(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        choices = body.get("choices")
-        if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
-            raise UpstreamProtocolError(f"target {self.name}: the upstream sent malformed choices")
-        return choices
-
-    def _raise_if_filtered(self, choice: dict[str, Any]) -> None:
-        if choice.get("finish_reason") == "content_filter":
-            categories = _categories(choice.get("content_filter_results"))
-            raise ContentFiltered(
-                f"target {self.name}: Azure OpenAI's content filter blocked the answer ({categories})"
-            )
-
-    def _forget_token(self) -> None:
-        if self._tokens is not None:
+    def on_error(self, error: HybridRouterError) -> None:
+        # A rejected token may have been revoked early: fetch a new one next time.
+        if isinstance(error, UpstreamAuthError) and self._tokens is not None:
             self._tokens.invalidate()

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from router.chat import ChatChunk, ChatRequest, ChatResult
 from router.config import Capability
+from router.tokens import TokenCounter
 
 __all__ = ["Backend", "Capabilities", "Readiness", "capabilities_for"]
 
@@ -95,6 +96,15 @@ class Backend(Protocol):
     @property
     def capabilities(self) -> Capabilities:
         """What the target supports; may change once it has started (a loaded model's window)."""
+        ...
+
+    @property
+    def token_counter(self) -> TokenCounter | None:
+        """Counts a prompt's tokens exactly as this target will, once started; None where it cannot.
+
+        A local model's own tokenizer is what the ``context_window`` policy
+        should trust; cloud targets answer None and the router estimates.
+        """
         ...
 
     async def start(self) -> None:

@@ -26,6 +26,9 @@ What Converse cannot do, and how the adapter says so:
 * ``tool_choice: "none"``: Converse has no such choice; the tools are left out
   unless the conversation already holds tool calls (Converse then requires
   them), in which case the model may still call one.
+* Guardrail and content-filter stops (``guardrail_intervened``,
+  ``content_filtered``) follow the common output rules: an error before any
+  output, ``finish_reason: content_filter`` after some.
 * Images: only ``data:`` URLs (the gateway never fetches URLs); models differ,
   so image support is off unless the target sets ``supports.images: true``.
 
@@ -37,22 +40,38 @@ What Converse cannot do, and how the adapter says so:
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from typing import Any, Protocol, cast
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 
-from router.backends._eventstream import EVENT_STREAM, Event, iter_events, require_botocore
-from router.backends.base import Readiness, capabilities_for
-from router.backends.http import HttpUpstream, error_for_status, parse_retry_after, scrub, upstream_message
-from router.chat import ChatChunk, ChatRequest, ChatResult, ChunkMaker, FinishReason, Message, Usage, make_completion
+from router.backends._eventstream import EVENT_STREAM, Event, iter_events
+from router.backends._openai_input import (
+    FunctionTool,
+    Image,
+    Text,
+    conversation,
+    data_url,
+    function_tools,
+    merge_turns,
+    parts,
+    system_texts,
+    tool_calls,
+    tool_choice,
+    tool_result,
+)
+from router.backends._output import StreamOutput, answer, tool_call
+from router.backends._relay import decode_event
+from router.backends._sigv4 import CredentialSource, SigV4Signer
+from router.backends.base import capabilities_for
+from router.backends.http import UpstreamStream, error_for_status, parse_retry_after, upstream_message
+from router.backends.http_backend import Exchange, HttpBackend
+from router.chat import ChatChunk, ChatRequest, ChatResult, FinishReason, Message, Usage
 from router.config import BedrockTargetConfig
 from router.errors import (
     BackendError,
-    ContentFiltered,
     ContextLengthExceeded,
     HybridRouterError,
     InvalidRequest,
@@ -65,6 +84,7 @@ from router.errors import (
 
 __all__ = [
     "BedrockBackend",
+    "BedrockStream",
     "CredentialSource",
     "bedrock_error",
     "completion_from_converse",
@@ -75,14 +95,9 @@ __all__ = [
 SIGNING_NAME = "bedrock"
 
 _FINISH: Mapping[str, FinishReason] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "guardrail_intervened": "content_filter",
-    "content_filtered": "content_filter",
-}
+    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls", "guardrail_intervened": "content_filter", "content_filtered": "content_filter",
+}  # fmt: skip
 _MALFORMED = frozenset({"malformed_model_output", "malformed_tool_use"})
 
 # Error types, lower-cased: the HTTP header says "ThrottlingException", the stream "throttlingException".
@@ -100,46 +115,79 @@ _SERVER_ERRORS = frozenset(
 _IMAGE_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "gif": "gif", "webp": "webp"}
 
 
-class CredentialSource(Protocol):
-    """Where AWS credentials come from; ``botocore.session.Session`` is one.
-
-    ``get_credentials`` returns botocore ``Credentials`` (possibly refreshable)
-    or None when the chain finds nothing. It may block (files, SSO, instance
-    metadata), so it is only ever called off the event loop.
-    """
-
-    def get_credentials(self) -> Any: ...
-
-
 def converse_path(model_id: str, *, stream: bool) -> str:
     """The request path, percent-encoded once (``:`` and ``/`` of ARNs included)."""
     return f"/model/{quote(model_id, safe='')}/{'converse-stream' if stream else 'converse'}"
 
 
-class _BedrockUpstream(HttpUpstream):
-    """HttpUpstream whose error statuses are read with the ``x-amzn-ErrorType`` header."""
+class BedrockBackend(HttpBackend[Event]):
+    """Sends requests to Bedrock Runtime's Converse API.
 
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
+    ``session`` supplies credentials; by default a ``botocore.session.Session``
+    for ``config.profile``, i.e. botocore's standard chain.
+    """
+
+    def __init__(self, name: str, config: BedrockTargetConfig, *, session: CredentialSource | None = None) -> None:
+        self.config = config
+        self._signer = SigV4Signer(SIGNING_NAME, config.region, session=session, profile=config.profile)
+        # Converse has no JSON mode: never advertised, whatever the config says.
+        capabilities = capabilities_for(config.supports, images=False, context_window=config.context_window)
+        super().__init__(
+            name,
+            config,
+            model=config.model_id,
+            base_url=str(config.endpoint_url or f"https://bedrock-runtime.{config.region}.amazonaws.com"),
+            capabilities=replace(capabilities, json_schema=False),
+            encoded_paths=True,
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        await self._signer.load()
+
+    def problem(self) -> str | None:
+        return self._signer.problem
+
+    def secrets(self) -> tuple[str, ...]:
+        return self._signer.secrets()
+
+    def payload(self, request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
+        """The body sent upstream for ``request``, the same streaming or not."""
+        return converse_body(request)
+
+    async def exchange(self, request: ChatRequest, *, stream: bool) -> Exchange:
+        body = orjson.dumps(self.payload(request))
+        path = converse_path(self.model, stream=stream)
+        accept = EVENT_STREAM if stream else "application/json"
+        return Exchange(path, body, await self._signer.headers(self._http.base_url + path, body, accept=accept))
+
+    def read_answer(self, body: Any, request: ChatRequest) -> ChatResult:
+        return completion_from_converse(body, model=self.model, prompt_text=request.prompt_text)
+
+    def events(self, response: UpstreamStream) -> AsyncIterator[Event]:
+        return iter_events(response.chunks())
+
+    def translator(self, request: ChatRequest) -> BedrockStream:
+        return BedrockStream(self.model, request.prompt_text)
+
+    def read_error(self, status: int, headers: Mapping[str, str], body: bytes) -> HybridRouterError:
+        """Error statuses are read with the ``x-amzn-ErrorType`` header."""
         error_type = headers.get("x-amzn-errortype", "").split(":")[0]
         message, code = upstream_message(body)
         if not error_type and code:
             error_type = code.rpartition("#")[2]
-        return bedrock_error(self.target, error_type, scrub(message, self._secrets()), status=status, headers=headers)
+        return bedrock_error(error_type, message, status=status, headers=headers)
 
 
 def bedrock_error(
-    target: str,
-    error_type: str,
-    message: str,
-    *,
-    status: int | None = None,
-    headers: Mapping[str, str] | None = None,
+    error_type: str, message: str, *, status: int | None = None, headers: Mapping[str, str] | None = None
 ) -> HybridRouterError:
     """Our error for a Bedrock error type, from an HTTP answer (``status``) or a stream (no status)."""
     kind = error_type.lower()
     headers = headers or {}
-    source = f"upstream returned {status} {error_type}" if status else f"upstream stream failed with {error_type}"
-    where = f"target {target}: {source.rstrip()}"
+    where = (
+        f"upstream returned {status} {error_type}" if status else f"upstream stream failed with {error_type}"
+    ).rstrip()
     if kind in _AUTH_ERRORS:
         return UpstreamAuthError(f"{where}: the upstream rejected the gateway's credentials")
     if kind in _THROTTLING_ERRORS:
@@ -157,141 +205,25 @@ def bedrock_error(
     if kind == "resourcenotfoundexception":
         return UpstreamBadRequest(f"{where}: {message}")
     text = f"{error_type}: {message}" if error_type else message
-    return error_for_status(target, status or 502, text, headers=headers, code=error_type or None)
-
-
-class BedrockBackend:
-    """Sends requests to Bedrock Runtime's Converse API.
-
-    ``session`` supplies credentials; by default a ``botocore.session.Session``
-    for ``config.profile``, i.e. botocore's standard chain.
-    """
-
-    def __init__(self, name: str, config: BedrockTargetConfig, *, session: CredentialSource | None = None) -> None:
-        self.name = name
-        self.config = config
-        self.model = config.model_id
-        # Converse has no JSON mode: never advertised, whatever the config says.
-        self.capabilities = replace(
-            capabilities_for(config.supports, images=False, context_window=config.context_window), json_schema=False
-        )
-        auth = require_botocore("botocore.auth")
-        self._signer_class: Any = auth.SigV4Auth
-        self._request_class: Any = require_botocore("botocore.awsrequest").AWSRequest
-        if session is None:
-            session = cast(CredentialSource, require_botocore("botocore.session").Session(profile=config.profile))
-        self._session = session
-        self._credentials: Any = None
-        self._frozen: Any = None
-        self._problem: str | None = "not started"
-        self._inflight = 0
-        base_url = str(config.endpoint_url or f"https://bedrock-runtime.{config.region}.amazonaws.com")
-        self._http = _BedrockUpstream(
-            name,
-            base_url,
-            timeouts=config.timeouts,
-            max_connections=config.max_connections,
-            secrets=self._secrets,
-            encoded_paths=True,
-        )
-
-    def _secrets(self) -> tuple[str, ...]:
-        # The last frozen copy: reading a refreshable credential's attributes could refresh it, on the loop.
-        frozen = self._frozen
-        return tuple(s for s in (getattr(frozen, "secret_key", ""), getattr(frozen, "token", "")) if s)
-
-    async def start(self) -> None:
-        self._http.start()
-        try:
-            self._credentials = await asyncio.to_thread(self._session.get_credentials)
-        except Exception as exc:  # noqa: BLE001 - botocore's chain raises many types (ProfileNotFound, parse errors, ...)
-            self._problem = f"no AWS credentials: {type(exc).__name__} while reading the credential chain"
-            return
-        self._problem = (
-            None
-            if self._credentials is not None
-            else "no AWS credentials: botocore's chain found none (env, shared files, profile, SSO, roles)"
-        )
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    def readiness(self) -> Readiness:
-        if self._problem is not None:
-            return Readiness(ready=False, reason=self._problem)
-        if not self._http.started:
-            return Readiness(ready=False, reason="not started")
-        return Readiness(ready=True)
-
-    def stats(self) -> Mapping[str, float]:
-        return {"inflight": float(self._inflight)}
-
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        body = orjson.dumps(converse_body(request, target=self.name))
-        path = converse_path(self.model, stream=False)
-        self._inflight += 1
-        try:
-            headers = await self._signed_headers(path, body, accept="application/json")
-            answer = await self._http.post_json(path, body, headers=headers)
-        finally:
-            self._inflight -= 1
-        return completion_from_converse(self.name, answer, self.model, request)
-
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        body = orjson.dumps(converse_body(request, target=self.name))
-        path = converse_path(self.model, stream=True)
-        self._inflight += 1
-        try:
-            headers = await self._signed_headers(path, body, accept=EVENT_STREAM)
-            async with self._http.open_stream(path, body, headers=headers) as response:
-                translator = _StreamTranslator(self.name, self.model, request, self._secrets())
-                async for event in iter_events(response.chunks(), target=self.name):
-                    for chunk in translator.feed(event):
-                        yield chunk
-                yield translator.close()
-        finally:
-            self._inflight -= 1
-
-    async def _signed_headers(self, path: str, body: bytes, *, accept: str) -> dict[str, str]:
-        """SigV4 headers for POSTing ``body`` to ``path``, signed over the exact URL that is sent."""
-        credentials = await self._frozen_credentials()
-        request = self._request_class(
-            method="POST",
-            url=self._http.base_url + path,
-            data=body,
-            headers={"content-type": "application/json", "accept": accept},
-        )
-        self._signer_class(credentials, SIGNING_NAME, self.config.region).add_auth(request)
-        return dict(request.headers.items())
-
-    async def _frozen_credentials(self) -> Any:
-        """This request's credentials; a due refresh (STS, SSO) runs off the event loop."""
-        credentials = self._credentials
-        if credentials is None:
-            raise UpstreamAuthError(f"target {self.name}: {self._problem or 'no AWS credentials'}")
-        refresh_needed = getattr(credentials, "refresh_needed", None)
-        try:
-            if callable(refresh_needed) and refresh_needed():
-                self._frozen = await asyncio.to_thread(credentials.get_frozen_credentials)
-            else:
-                self._frozen = credentials.get_frozen_credentials()
-        except Exception as exc:  # refresh errors come from botocore, STS or SSO
-            raise UpstreamAuthError(
-                f"target {self.name}: could not refresh the AWS credentials ({type(exc).__name__})"
-            ) from exc
-        return self._frozen
+    return error_for_status(status or 502, text, headers=headers, code=error_type or None)
 
 
 # --- OpenAI request -> Converse request ------------------------------------------------------------
 
 
-def converse_body(request: ChatRequest, *, target: str) -> dict[str, Any]:
+def converse_body(request: ChatRequest) -> dict[str, Any]:
     """The Converse (and ConverseStream) JSON body for ``request``; ``modelId`` travels in the path."""
-    _refuse_json_mode(request, target)
-    system, messages = _conversation(request.messages)
+    if request.wants_json:
+        kind = (request.response_format or {}).get("type")
+        raise InvalidRequest(
+            f"Bedrock Converse has no JSON mode (response_format {kind}); "
+            "route JSON requests to a target that supports them",
+            param="response_format",
+        )
+    messages = _turns(request.messages)
     body: dict[str, Any] = {"messages": messages}
-    if system:
-        body["system"] = system
+    if system := system_texts(request.messages):
+        body["system"] = [{"text": text} for text in system]
     if inference := _inference_config(request):
         body["inferenceConfig"] = inference
     if tool_config := _tool_config(request, messages):
@@ -299,103 +231,39 @@ def converse_body(request: ChatRequest, *, target: str) -> dict[str, Any]:
     return body
 
 
-def _refuse_json_mode(request: ChatRequest, target: str) -> None:
-    if request.wants_json:
-        kind = (request.response_format or {}).get("type")
-        raise InvalidRequest(
-            f"target {target}: Bedrock Converse has no JSON mode (response_format {kind}); "
-            "route JSON requests to a target that supports them",
-            param="response_format",
-        )
+def _turns(messages: list[Message]) -> list[dict[str, Any]]:
+    """Turns that alternate as Converse requires (same-role neighbours merged, empty ones left out)."""
+    turns = (_turn(index, message) for index, message in conversation(messages))
+    return [{"role": role, "content": content} for role, content in merge_turns(turns)]
 
 
-def _conversation(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """System blocks, and turns that alternate as Converse requires (same-role neighbours merged)."""
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        if message.role in ("system", "developer"):
-            if text := message.text():
-                system.append({"text": text})
-            continue
-        role, blocks = _turn(message, index)
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    return system, turns
-
-
-def _turn(message: Message, index: int) -> tuple[str, list[dict[str, Any]]]:
-    if message.role == "user":
-        return "user", _content_blocks(message.content, index)
-    if message.role == "assistant":
-        return "assistant", _content_blocks(message.content, index) + _tool_uses(message, index)
+def _turn(index: int, message: Message) -> tuple[str, list[dict[str, Any]]]:
     if message.role == "tool":
-        if not message.tool_call_id:
-            raise InvalidRequest("a tool message needs tool_call_id", param=f"messages.{index}.tool_call_id")
         text = message.text()
-        result = {"toolUseId": message.tool_call_id, "content": [{"text": text}] if text else []}
+        result = {"toolUseId": tool_result(message, index), "content": [{"text": text}] if text else []}
         return "user", [{"toolResult": result}]
-    raise InvalidRequest(
-        f"role {message.role} is not supported by Bedrock Converse; use tools", param=f"messages.{index}.role"
-    )
+    # Converse rejects blank text blocks.
+    blocks = [_block(part, index) for part in parts(message, index) if not isinstance(part, Text) or part.text]
+    if message.role == "assistant":
+        blocks += [
+            {"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.arguments}}
+            for call in tool_calls(message, index)
+        ]
+    return message.role, blocks
 
 
-def _content_blocks(content: str | list[dict[str, Any]] | None, index: int) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        # Converse rejects blank text blocks.
-        return [{"text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for part in content:
-        kind = part["type"]
-        if kind in ("text", "input_text"):
-            if text := str(part.get("text", "")):
-                blocks.append({"text": text})
-        elif kind == "image_url":
-            blocks.append(_image_block(part.get("image_url"), index))
-        else:
-            raise InvalidRequest(
-                f"content part type {kind} is not supported by Bedrock Converse", param=f"messages.{index}.content"
-            )
-    return blocks
-
-
-def _image_block(image: object, index: int) -> dict[str, Any]:
-    url = image.get("url") if isinstance(image, dict) else image
-    header, _, data = str(url or "").partition(",")
-    media, _, encoding = header.removeprefix("data:").partition(";")
-    image_format = _IMAGE_FORMATS.get(media.removeprefix("image/"))
-    if not header.startswith("data:image/") or encoding != "base64" or image_format is None or not data:
+def _block(part: Text | Image, index: int) -> dict[str, Any]:
+    if isinstance(part, Text):
+        return {"text": part.text}
+    image = data_url(part.url)
+    image_format = _IMAGE_FORMATS.get(image.mime.removeprefix("image/")) if image else None
+    if image is None or not image.mime.startswith("image/") or image_format is None:
         raise InvalidRequest(
             "Bedrock takes images as base64 data: URLs of PNG, JPEG, GIF or WebP (the gateway does not fetch URLs)",
             param=f"messages.{index}.content",
         )
     # REST-JSON blobs travel base64-encoded: the data URL's payload is already that.
-    return {"image": {"format": image_format, "source": {"bytes": data}}}
-
-
-def _tool_uses(message: Message, index: int) -> list[dict[str, Any]]:
-    blocks = []
-    for call in message.tool_calls or []:
-        function = call.get("function") or {}
-        try:
-            arguments = orjson.loads(function.get("arguments") or "{}")
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(
-                "tool call arguments must be a JSON object", param=f"messages.{index}.tool_calls"
-            ) from exc
-        if not isinstance(arguments, dict) or not call.get("id") or not function.get("name"):
-            raise InvalidRequest(
-                "a tool call needs an id, a function name and JSON-object arguments",
-                param=f"messages.{index}.tool_calls",
-            )
-        blocks.append({"toolUse": {"toolUseId": call["id"], "name": function["name"], "input": arguments}})
-    return blocks
+    return {"image": {"format": image_format, "source": {"bytes": image.data}}}
 
 
 def _inference_config(request: ChatRequest) -> dict[str, Any]:
@@ -420,75 +288,57 @@ def _tool_config(request: ChatRequest, turns: list[dict[str, Any]]) -> dict[str,
                 param="tools",
             )
         return None
-    if request.tool_choice == "none" and not history:
-        return None
-    config: dict[str, Any] = {"tools": [_tool_spec(tool, index) for index, tool in enumerate(request.tools)]}
-    if choice := _tool_choice(request.tool_choice):
-        config["toolChoice"] = choice
+    tools = function_tools(request.tools)
+    choice = tool_choice(request.tool_choice)
+    if choice is not None and choice.mode == "none":
+        # Converse has no "none": the tools stay out unless the history needs them (then the model may call one).
+        return {"tools": [_tool_spec(tool) for tool in tools]} if history else None
+    config: dict[str, Any] = {"tools": [_tool_spec(tool) for tool in tools]}
+    if choice is not None:
+        modes: dict[str, dict[str, Any]] = {"auto": {"auto": {}}, "required": {"any": {}}}
+        config["toolChoice"] = modes.get(choice.mode) or {"tool": {"name": choice.name}}
     return config
 
 
-def _tool_spec(tool: dict[str, Any], index: int) -> dict[str, Any]:
-    function = tool.get("function")
-    if tool.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
-        raise InvalidRequest("only function tools with a name are supported", param=f"tools.{index}")
+def _tool_spec(tool: FunctionTool) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "name": function["name"],
-        "inputSchema": {"json": function.get("parameters") or {"type": "object", "properties": {}}},
+        "name": tool.name,
+        "inputSchema": {"json": tool.parameters or {"type": "object", "properties": {}}},
     }
-    if function.get("description"):
-        spec["description"] = function["description"]
+    if tool.description:
+        spec["description"] = tool.description
     return {"toolSpec": spec}
-
-
-def _tool_choice(choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    if choice is None or choice == "none":
-        return None
-    if choice == "auto":
-        return {"auto": {}}
-    if choice == "required":
-        return {"any": {}}
-    if isinstance(choice, dict) and isinstance(name := (choice.get("function") or {}).get("name"), str):
-        return {"tool": {"name": name}}
-    raise InvalidRequest("tool_choice must be none, auto, required or a function", param="tool_choice")
 
 
 # --- Converse answer -> OpenAI answer --------------------------------------------------------------
 
 
-def completion_from_converse(target: str, body: Any, model: str, request: ChatRequest) -> ChatResult:
+def completion_from_converse(body: Any, *, model: str, prompt_text: str) -> ChatResult:
     """The OpenAI ``chat.completion`` for a Converse answer."""
     try:
         content = body["output"]["message"]["content"]
         texts = [block["text"] for block in content if "text" in block]
-        tool_calls = [_tool_call(block["toolUse"]) for block in content if "toolUse" in block]
-        finish = _finish_reason(target, body["stopReason"])
+        uses = [block["toolUse"] for block in content if "toolUse" in block]
+        calls = [tool_call(use["toolUseId"], use["name"], use.get("input", {})) for use in uses]
+        reason = body["stopReason"]
     except (KeyError, TypeError) as exc:
-        raise UpstreamProtocolError(f"target {target}: the upstream answer is not a Converse answer") from exc
-    usage = _usage(body.get("usage")) or Usage(_estimate(request.prompt_text), 0)
-    text = "".join(texts) if texts or not tool_calls else None
-    completion = make_completion(
-        model=model, content=text, finish_reason=finish, usage=usage, tool_calls=tool_calls or None
+        raise UpstreamProtocolError("the upstream answer is not a Converse answer") from exc
+    return answer(
+        model=model,
+        text="".join(texts),
+        tool_calls=calls,
+        finish=_finish(reason),
+        why=f"stopReason {reason}",
+        usage=_usage(body.get("usage")),
+        prompt_text=prompt_text,
     )
-    return ChatResult(completion, usage)
 
 
-def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
-    arguments = orjson.dumps(block.get("input", {})).decode()
-    return {"id": block["toolUseId"], "type": "function", "function": {"name": block["name"], "arguments": arguments}}
-
-
-def _finish_reason(target: str, stop_reason: object) -> FinishReason:
-    """OpenAI's finish reason for a Converse ``stopReason``; filtered and malformed answers raise."""
-    reason = str(stop_reason)
-    finish = _FINISH.get(reason, "stop")
-    if finish == "content_filter":
-        raise ContentFiltered(
-            f"target {target}: a Bedrock guardrail or content filter blocked the answer (stopReason {reason})"
-        )
-    if reason in _MALFORMED:
-        raise BackendError(f"target {target}: the model produced malformed output (stopReason {reason})")
-    return finish
+def _finish(stop_reason: object) -> FinishReason:
+    """OpenAI's finish reason for a Converse ``stopReason``; malformed answers raise."""
+    if stop_reason in _MALFORMED:
+        raise BackendError(f"the model produced malformed output (stopReason {stop_reason})")
+    return _FINISH.get(str(stop_reason), "stop")
 
 
 def _usage(usage: object) -> Usage | None:
@@ -502,68 +352,45 @@ def _usage(usage: object) -> Usage | None:
     return Usage(prompt + sum(count for count in cached if isinstance(count, int)), completion)
 
 
-def _estimate(text: str) -> int:
-    return max(1, len(text) // 4)
+class BedrockStream:
+    """Turns ConverseStream events into OpenAI chunks."""
 
-
-class _StreamTranslator:
-    """Turns ConverseStream events into OpenAI chunks, keeping the state the chunks need."""
-
-    def __init__(self, target: str, model: str, request: ChatRequest, secrets: tuple[str, ...]) -> None:
-        self._target = target
-        self._request = request
-        self._secrets = secrets
-        self._maker = ChunkMaker.start(model)
+    def __init__(self, model: str, prompt_text: str) -> None:
+        self._out = StreamOutput(model, prompt_text=prompt_text)
         # contentBlockIndex -> the tool call's index in OpenAI's tool_calls deltas.
         self._tools: dict[int, int] = {}
-        self._finish: FinishReason | None = None
-        self._usage: Usage | None = None
-        self._pieces = 0
 
-    def feed(self, event: Event) -> Iterator[ChatChunk]:
+    def feed(self, event: Event) -> list[ChatChunk]:
         if event.message_type != "event":
-            raise self._stream_error(event)
+            raise bedrock_error(event.name, event.error_message or upstream_message(event.payload)[0])
+        payload = decode_event(event.payload)
         try:
-            payload = orjson.loads(event.payload)
-            yield from self._translate(event.name, payload)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise UpstreamProtocolError(
-                f"target {self._target}: the upstream sent an invalid {event.name} event"
-            ) from exc
+            return self._translate(event.name, payload)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamProtocolError(f"the upstream sent an invalid {event.name} event") from exc
 
-    def _translate(self, name: str, payload: dict[str, Any]) -> Iterator[ChatChunk]:
-        if name == "messageStart":
-            yield self._maker.delta({"role": "assistant", "content": ""})
-        elif name == "contentBlockStart":
-            if tool := payload["start"].get("toolUse"):
-                index = self._tools[payload["contentBlockIndex"]] = len(self._tools)
-                call = {"index": index, "id": tool["toolUseId"], "type": "function"}
-                yield self._piece({"tool_calls": [{**call, "function": {"name": tool["name"], "arguments": ""}}]})
-        elif name == "contentBlockDelta":
+    def close(self) -> list[ChatChunk]:
+        if not self._out.finished:
+            raise UpstreamProtocolError("the upstream closed the stream before messageStop")
+        return self._out.close()
+
+    def _translate(self, name: str, payload: dict[str, Any]) -> list[ChatChunk]:
+        if name == "contentBlockStart" and (tool := payload["start"].get("toolUse")):
+            index = self._tools[payload["contentBlockIndex"]] = len(self._tools)
+            call = {"index": index, "id": tool["toolUseId"], "type": "function"}
+            return self._out.delta({"tool_calls": [{**call, "function": {"name": tool["name"], "arguments": ""}}]})
+        if name == "contentBlockDelta":
             delta = payload["delta"]
-            if "text" in delta:
-                yield self._piece({"content": delta["text"]})
-            elif "toolUse" in delta:
+            if delta.get("text"):
+                return self._out.delta({"content": delta["text"]})
+            if "toolUse" in delta:
                 index = self._tools[payload["contentBlockIndex"]]
-                yield self._piece(
+                return self._out.delta(
                     {"tool_calls": [{"index": index, "function": {"arguments": delta["toolUse"]["input"]}}]}
                 )
-        elif name == "messageStop":
-            self._finish = _finish_reason(self._target, payload["stopReason"])
-            yield self._maker.delta({}, self._finish)
-        elif name == "metadata":
-            self._usage = _usage(payload.get("usage"))
-
-    def _piece(self, delta: dict[str, Any]) -> ChatChunk:
-        self._pieces += 1
-        return self._maker.delta(delta)
-
-    def _stream_error(self, event: Event) -> HybridRouterError:
-        message = event.error_message or upstream_message(event.payload)[0]
-        return bedrock_error(self._target, event.name, scrub(message, self._secrets))
-
-    def close(self) -> ChatChunk:
-        """The closing usage chunk; a stream without ``messageStop`` was cut short."""
-        if self._finish is None:
-            raise UpstreamProtocolError(f"target {self._target}: the upstream closed the stream before messageStop")
-        return self._maker.usage(self._usage or Usage(_estimate(self._request.prompt_text), self._pieces))
+        if name == "messageStop" and not self._out.finished:
+            reason = payload["stopReason"]
+            return self._out.finish(_finish(reason), why=f"stopReason {reason}")
+        if name == "metadata":
+            self._out.usage(_usage(payload.get("usage")))
+        return []

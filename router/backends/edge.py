@@ -24,6 +24,7 @@ from edge_models.catalog import KNOWN_MODELS, resolve_model
 from edge_models.errors import EdgeModelError, GenerationError, PromptTooLong
 from edge_models.runtime import ChatMessage, EdgeModel, Generation, SamplingOptions, default_threads
 from router.backends.base import Capabilities, Readiness
+from router.backends.cascade import WANT_TOKEN_LOGPROBS
 from router.chat import (
     ChatChunk,
     ChatRequest,
@@ -169,8 +170,9 @@ class EdgeBackend:
 
     def _generation(self, request: ChatRequest, cancel: threading.Event) -> Generation:
         engine = self.engine
+        logprobs = bool(request.memo.get(WANT_TOKEN_LOGPROBS))
         try:
-            return engine.generate(prompt_ids(engine, request), self._options(request), cancel)
+            return engine.generate(prompt_ids(engine, request), self._options(request), cancel, logprobs=logprobs)
         except PromptTooLong as exc:
             raise ContextLengthExceeded(
                 f"This prompt has {exc.prompt_tokens} tokens; target {self.name}'s window is {exc.context_length}.",
@@ -232,8 +234,11 @@ class EdgeBackend:
         body = make_completion(
             model=self.model, content="".join(pieces), finish_reason=generation.finish_reason, usage=usage
         )
+        logprobs = tuple(generation.token_logprobs) if generation.token_logprobs is not None else None
         # Queueing included: this is the wait the caller saw.
-        return ChatResult(body, usage, first_token_s=first_at[0] - started if first_at else None)
+        return ChatResult(
+            body, usage, first_token_s=first_at[0] - started if first_at else None, token_logprobs=logprobs
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         generation = self._generation(request, threading.Event())

@@ -30,6 +30,7 @@ from router.chat import (
     make_completion,
 )
 from router.errors import HybridRouterError
+from router.tokens import TokenCounter
 
 __all__ = ["ScriptedBackend", "ScriptedReply"]
 
@@ -51,6 +52,8 @@ class ScriptedReply:
     # ...or, when streaming, after this many content chunks.
     fail_after: int | None = None
     prompt_tokens: int | None = None
+    # Reported by complete() as the answer's per-token log-probabilities (a cascade's confidence).
+    token_logprobs: list[float] | None = None
 
     def stream_pieces(self) -> list[str]:
         if self.pieces is not None:
@@ -76,6 +79,8 @@ class ScriptedBackend:
     closed: bool = False
     # Streams currently open; tests read it to prove cancellation frees the slot.
     active_streams: int = 0
+    # Tests pass one to play a local model with an exact tokenizer.
+    token_counter: TokenCounter | None = None
 
     async def start(self) -> None:
         self.started = True
@@ -114,7 +119,8 @@ class ScriptedBackend:
             usage=usage,
             tool_calls=reply.tool_calls,
         )
-        return ChatResult(body, usage)
+        logprobs = tuple(reply.token_logprobs) if reply.token_logprobs is not None else None
+        return ChatResult(body, usage, token_logprobs=logprobs)
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         reply = self._reply_for(request)

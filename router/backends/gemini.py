@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
 from router.backends._google import GoogleBackend
-from router.backends.base import Readiness
 from router.config import GeminiTargetConfig
 
 __all__ = ["GeminiBackend"]
@@ -54,10 +53,8 @@ class GeminiBackend(GoogleBackend):
     async def auth_headers(self) -> Mapping[str, str]:
         return {"x-goog-api-key": self._key}
 
-    def _secrets(self) -> Iterable[str]:
+    def secrets(self) -> Iterable[str]:
         return (self._key,)
 
-    def readiness(self) -> Readiness:
-        if not self._key:
-            return Readiness(ready=False, reason=f"no API key: {self.config.api_key_env} is not set")
-        return super().readiness()
+    def problem(self) -> str | None:
+        return None if self._key else f"no API key: {self.config.api_key_env} is not set"

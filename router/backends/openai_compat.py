@@ -2,7 +2,8 @@
 
 OpenAI, vLLM, Ollama, LM Studio and llama.cpp's server all speak this API,
 so answers need no translation: bodies pass through, streams are relayed
-event by event as they arrive. The adapter only picks the fields the
+chunk by chunk as they arrive, under the common output rules
+(:mod:`router.backends._output`). The adapter only picks the fields the
 upstream accepts, adds the key from the configured env var, asks for usage
 on every stream (for token accounting) and checks what comes back.
 """
@@ -10,19 +11,23 @@ on every stream (for token accounting) and checks what comes back.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
-from router.backends.base import Readiness, capabilities_for
-from router.backends.http import HttpUpstream, UpstreamStream, error_for_status, iter_sse, scrub, upstream_message
-from router.chat import ChatChunk, ChatRequest, ChatResult, ChunkMaker, Usage
+from router.backends._output import StreamOutput, checked_finish, estimate_tokens
+from router.backends._relay import SseEvent, decode_event
+from router.backends.base import capabilities_for
+from router.backends.http import ErrorReader
+from router.backends.http_backend import Exchange, SseBackend
+from router.chat import ChatChunk, ChatRequest, ChatResult, Usage
 from router.config import OpenAITargetConfig
 from router.errors import UpstreamProtocolError
 
-__all__ = ["OPENAI_REQUEST_FIELDS", "OpenAIBackend", "openai_payload", "read_completion", "relay_sse"]
+__all__ = ["OPENAI_REQUEST_FIELDS", "OpenAIBackend", "OpenAIStream", "openai_payload", "read_completion"]
 
+PATH = "/chat/completions"
 # Request fields OpenAI documents for chat completions; others are dropped
 # unless the target sets forward_unknown_fields (OpenAI rejects unknown ones).
 OPENAI_REQUEST_FIELDS = frozenset(
@@ -35,52 +40,41 @@ OPENAI_REQUEST_FIELDS = frozenset(
         "user", "verbosity", "web_search_options",
     }
 )  # fmt: skip
+_FILTER_STOP = "finish_reason content_filter"
+
+Annotations = Callable[[dict[str, Any]], str]
+"""Strips a provider's annotations from an answer or chunk, in place; returns why a filter stopped it."""
 
 
-class OpenAIBackend:
-    """Sends requests to an OpenAI-compatible ``/chat/completions`` endpoint."""
+class OpenAIBackend(SseBackend):
+    """Sends requests to an OpenAI-compatible ``/chat/completions`` endpoint.
 
-    def __init__(
-        self,
-        name: str,
-        config: OpenAITargetConfig,
-        *,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.model = config.model
-        self.capabilities = capabilities_for(config.supports, context_window=config.context_window)
+    >>> config = OpenAITargetConfig(type="openai", base_url="https://api.openai.com/v1", model="gpt-4o-mini",
+    ...                             api_key_env="OPENAI_API_KEY")
+    >>> OpenAIBackend("cloud", config, environ={}).readiness().reason
+    'no API key: OPENAI_API_KEY is not set'
+    """
+
+    def __init__(self, name: str, config: OpenAITargetConfig, *, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
+        self.config = config
         self._key = env.get(config.api_key_env, "") if config.api_key_env else ""
-        self._inflight = 0
-        self._http = HttpUpstream(
+        super().__init__(
             name,
-            str(config.base_url),
-            timeouts=config.timeouts,
-            max_connections=config.max_connections,
-            headers={"content-type": "application/json", **config.headers, **self._auth()},
-            secrets=lambda: (self._key,),
+            config,
+            model=config.model,
+            base_url=str(config.base_url),
+            capabilities=capabilities_for(config.supports, context_window=config.context_window),
+            headers={**config.headers, **({"authorization": f"Bearer {self._key}"} if self._key else {})},
         )
 
-    def _auth(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self._key}"} if self._key else {}
-
-    async def start(self) -> None:
-        self._http.start()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    def readiness(self) -> Readiness:
+    def problem(self) -> str | None:
         if self.config.api_key_env and not self._key:
-            return Readiness(ready=False, reason=f"no API key: {self.config.api_key_env} is not set")
-        if not self._http.started:
-            return Readiness(ready=False, reason="not started")
-        return Readiness(ready=True)
+            return f"no API key: {self.config.api_key_env} is not set"
+        return None
 
-    def stats(self) -> Mapping[str, float]:
-        return {"inflight": float(self._inflight)}
+    def secrets(self) -> Iterable[str]:
+        return (self._key,)
 
     def payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """The body sent upstream for ``request``."""
@@ -88,28 +82,14 @@ class OpenAIBackend:
             request, model=self.model, stream=stream, forward_unknown_fields=self.config.forward_unknown_fields
         )
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        self._inflight += 1
-        try:
-            body = await self._http.post_json(
-                "/chat/completions", orjson.dumps(self.payload(request, stream=False)), headers={}
-            )
-        finally:
-            self._inflight -= 1
-        return read_completion(self.name, body, request)
+    async def exchange(self, request: ChatRequest, *, stream: bool) -> Exchange:
+        return Exchange(PATH, orjson.dumps(self.payload(request, stream=stream)))
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        self._inflight += 1
-        try:
-            payload = orjson.dumps(self.payload(request, stream=True))
-            async with self._http.open_stream("/chat/completions", payload, headers={}) as response:
-                async for chunk in self._relay(response, request):
-                    yield chunk
-        finally:
-            self._inflight -= 1
+    def read_answer(self, body: Any, request: ChatRequest) -> ChatResult:
+        return read_completion(body, request)
 
-    def _relay(self, response: UpstreamStream, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        return relay_sse(self.name, response, request, model=self.model, secrets=(self._key,))
+    def translator(self, request: ChatRequest) -> OpenAIStream:
+        return OpenAIStream(self.model, request.prompt_text, self.read_error)
 
 
 def openai_payload(
@@ -126,51 +106,66 @@ def openai_payload(
     return raw
 
 
-def read_completion(target: str, body: Any, request: ChatRequest) -> ChatResult:
+def _no_annotations(body: dict[str, Any]) -> str:
+    return _FILTER_STOP
+
+
+def _choices(body: dict[str, Any]) -> list[dict[str, Any]]:
+    choices = body.get("choices")
+    if not isinstance(choices, list):
+        raise UpstreamProtocolError("the upstream sent malformed choices")
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise UpstreamProtocolError("the upstream sent malformed choices")
+    return choices
+
+
+def read_completion(body: Any, request: ChatRequest, annotations: Annotations = _no_annotations) -> ChatResult:
     """Check an OpenAI-shaped answer and take its usage (estimated when the upstream sent none)."""
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
-        raise UpstreamProtocolError(f"target {target}: the upstream answer has no choices")
-    usage = Usage.from_openai(body.get("usage")) or Usage(_estimate(request.prompt_text), 0)
+    if not isinstance(body, dict) or not body.get("choices"):
+        raise UpstreamProtocolError("the upstream answer has no choices")
+    choices = _choices(body)
+    why = annotations(body)
+    message = choices[0].get("message") or {}
+    produced = bool(isinstance(message, dict) and (message.get("content") or message.get("tool_calls")))
+    if choices[0].get("finish_reason") == "content_filter":
+        checked_finish("content_filter", produced=produced, why=why)
+    usage = Usage.from_openai(body.get("usage")) or Usage(estimate_tokens(request.prompt_text), 0)
     return ChatResult(body, usage)
 
 
-async def relay_sse(
-    target: str, response: UpstreamStream, request: ChatRequest, *, model: str, secrets: Iterable[str]
-) -> AsyncIterator[ChatChunk]:
-    """Relay an OpenAI SSE stream: chunks with choices as they arrive, then one usage chunk.
+class OpenAIStream:
+    """Relays an OpenAI-shaped stream: chunks pass on as they came, usage is read off, ``[DONE]`` ends it."""
 
-    Chunks without choices (usage-only, or Azure's leading ``prompt_filter_results``)
-    are not relayed; a stream that ends before ``[DONE]`` is a protocol error.
-    """
-    usage: Usage | None = None
-    pieces = 0
-    last: ChatChunk | None = None
-    async for _event, data in iter_sse(response.lines()):
-        if data == "[DONE]":
-            break
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamProtocolError(f"target {target}: the upstream sent an invalid stream event") from exc
-        if not isinstance(chunk, dict):
-            raise UpstreamProtocolError(f"target {target}: the upstream sent an invalid stream event")
+    def __init__(
+        self, model: str, prompt_text: str, read_error: ErrorReader, annotations: Annotations = _no_annotations
+    ) -> None:
+        self._out = StreamOutput(model, prompt_text=prompt_text)
+        self._read_error = read_error
+        self._annotations = annotations
+        self._done = False
+
+    def feed(self, event: SseEvent) -> list[ChatChunk]:
+        if self._done:
+            return []
+        if event.data == "[DONE]":
+            self._done = True
+            return []
+        chunk = decode_event(event.data)
         if "error" in chunk:
-            message, code = upstream_message(data.encode())
-            raise error_for_status(target, 502, scrub(message, secrets), code=code)
-        usage = Usage.from_openai(chunk.pop("usage", None)) or usage
-        if chunk.get("choices"):
-            pieces += 1
-            last = chunk
-            yield chunk
-    else:
-        raise UpstreamProtocolError(f"target {target}: the upstream closed the stream before [DONE]")
-    if usage is None:
-        # Servers that ignore stream_options: one content event is about one token.
-        usage = Usage(_estimate(request.prompt_text), pieces)
-    ids = last or {}
-    maker = ChunkMaker(str(ids.get("id", "")), str(ids.get("model", model)), int(ids.get("created", 0)))
-    yield maker.usage(usage)
+            raise self._read_error(502, {}, event.data.encode())
+        if (usage := chunk.pop("usage", None)) is not None:
+            self._out.usage(Usage.from_openai(usage))
+        if not chunk.get("choices"):
+            return []
+        choices = _choices(chunk)
+        why = self._annotations(chunk)
+        # A request asks for one choice (n <= 1); Azure sends filter annotations without a delta.
+        if "delta" not in choices[0]:
+            return []
+        return self._out.relay(chunk, why=why)
 
-
-def _estimate(text: str) -> int:
-    return max(1, len(text) // 4)
+    def close(self) -> list[ChatChunk]:
+        if not self._done:
+            raise UpstreamProtocolError("the upstream closed the stream before [DONE]")
+        return self._out.close()

@@ -23,7 +23,6 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from router.backends._google import GoogleBackend
-from router.backends.base import Readiness
 from router.config import VertexTargetConfig
 from router.errors import ConfigError, UpstreamAuthError, UpstreamTimeout
 
@@ -166,15 +165,13 @@ class VertexBackend(GoogleBackend):
         else:
             self._problem = None
 
-    def readiness(self) -> Readiness:
-        if self._problem is not None:
-            return Readiness(ready=False, reason=self._problem)
-        return super().readiness()
+    def problem(self) -> str | None:
+        return self._problem
 
     async def auth_headers(self) -> Mapping[str, str]:
         headers = await self._tokens.headers()
         self._token = headers.get("authorization", "").removeprefix("Bearer ")
         return headers
 
-    def _secrets(self) -> Iterable[str]:
+    def secrets(self) -> Iterable[str]:
         return (self._token,)

@@ -3,15 +3,20 @@
 :func:`plan_classifier` checks, without loading anything, that every file the
 configured policies need exists (a missing encoder fails start-up with the
 command that builds it); :func:`build_classifier` loads them.
+:class:`ConfiguredClassifier` puts the two together behind the
+:class:`~router.classify.base.Classifier` contract, so the router can be
+built complete at once and the loading waits for start-up.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_models.embeddings import OnnxEmbedder, StaticEmbedder, encoder_dir
 from edge_models.errors import EdgeModelError
+from router.chat import ChatRequest
 from router.classify.classifier import RequestClassifier
 from router.classify.difficulty import DEFAULT_HEAD, DifficultyHead
 from router.classify.language import LanguageDetector
@@ -19,9 +24,15 @@ from router.classify.personal_data import PatternDetector
 from router.classify.semantic import Embedder, SemanticRoutes
 from router.config import ClassifierConfig
 from router.errors import ConfigError
+from router.features import Features
 from router.tokens import TokenCounter
 
-__all__ = ["ClassifierPlan", "build_classifier", "plan_classifier"]
+__all__ = ["KNOWN_NEEDS", "ClassifierPlan", "ConfiguredClassifier", "build_classifier", "plan_classifier"]
+
+log = logging.getLogger("hybrid_router.classifier")
+
+KNOWN_NEEDS = frozenset({"embedding", "difficulty", "language"})
+"""The model-based features a policy may list in ``requires``."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +104,36 @@ def build_classifier(plan: ClassifierPlan, *, token_counter: TokenCounter | None
     )
     classifier.start()
     return classifier
+
+
+class ConfiguredClassifier:
+    """The classifier ``classifier:`` config describes; :meth:`start` loads it.
+
+    Built without I/O (the plan has already checked every file exists), so
+    the router that holds it is complete from construction.
+    """
+
+    def __init__(self, plan: ClassifierPlan, *, token_counter: TokenCounter | None = None) -> None:
+        self.plan = plan
+        self.token_counter = token_counter
+        self._loaded: RequestClassifier | None = None
+
+    @property
+    def loaded(self) -> RequestClassifier:
+        if self._loaded is None:
+            # Only a caller that skipped start() gets here; load now rather than fail.
+            log.warning("the classifier was used before start(); loading it now")
+            self.start()
+        assert self._loaded is not None
+        return self._loaded
+
+    def start(self) -> None:
+        if self._loaded is None:
+            self._loaded = build_classifier(self.plan, token_counter=self.token_counter)
+
+    def close(self) -> None:
+        if self._loaded is not None:
+            self._loaded.close()
+
+    async def classify(self, request: ChatRequest) -> Features:
+        return await self.loaded.classify(request)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from router.features import RouteMatch
 
 __all__ = ["Embedder", "RouteMatch", "SemanticRoutes"]
 
@@ -24,18 +25,6 @@ class Embedder(Protocol):
     cheap: bool
 
     def embed(self, texts: Sequence[str]) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RouteMatch:
-    """The best route and its similarity; ``route`` is None below the threshold."""
-
-    route: str | None
-    score: float
-    best: str | None
-
-    def to_dict(self) -> dict[str, object]:
-        return {"route": self.route, "score": round(self.score, 4), "closest": self.best}
 
 
 class SemanticRoutes:

@@ -30,16 +30,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 from router.backends.base import Capabilities, Readiness
+from router.backends.cascade import Signal
 from router.chat import ChatRequest
 from router.errors import ConfigError
 from router.features import Features
 
 __all__ = [
+    "Cascade",
+    "OutcomeObserver",
     "Policy",
     "PolicyClass",
     "RoutingContext",
@@ -48,6 +51,30 @@ __all__ = [
     "Tally",
     "Verdict",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Cascade:
+    """Answer on ``first``; escalate to ``then`` when the answer's ``signal`` is below ``threshold``.
+
+    Set by the ``cascade`` policy; the router resolves it per request, with
+    ``blocked`` saying why escalation is off (``then`` forbidden or not ready)
+    and ``redact`` whether the escalated request must be redacted.
+    """
+
+    first: str
+    then: str
+    threshold: float
+    signal: Signal = "mean"
+    blocked: str = ""
+    redact: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"first": self.first, "then": self.then, "signal": self.signal}
+        out["threshold"] = self.threshold
+        if self.blocked:
+            out["blocked"] = self.blocked
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +92,10 @@ class Verdict:
     scores: Mapping[str, float] = field(default_factory=dict)
     # Personal data must be redacted (and restored) if the request leaves the machine.
     redact: bool = False
+    # With redact: whether restored values (credentials never) may go back into tool-call arguments.
+    restore_in_tool_arguments: bool = True
+    # Answer on the preferred target first and escalate when unsure (the ``cascade`` policy).
+    cascade: Cascade | None = None
 
     @property
     def abstains(self) -> bool:
@@ -82,6 +113,8 @@ class Verdict:
             out["scores"] = {name: round(score, 4) for name, score in self.scores.items()}
         if self.redact:
             out["redact"] = True
+        if self.cascade:
+            out["cascade"] = self.cascade.to_dict()
         return out
 
 
@@ -110,6 +143,8 @@ class Tally:
     preferred: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     redact: bool = False
+    restore_in_tool_arguments: bool = True
+    cascade: Cascade | None = None
 
     @property
     def undecided(self) -> bool:
@@ -178,6 +213,14 @@ class Policy(Protocol):
     name: str
 
     def evaluate(self, ctx: RoutingContext) -> Verdict: ...
+
+
+@runtime_checkable
+class OutcomeObserver(Protocol):
+    """A policy that also learns from where requests were served (e.g. ``sticky``)."""
+
+    def observe(self, request: ChatRequest, target: str, ok: bool) -> None:
+        """Called once per finished request with the target that served it and whether it succeeded."""
 
 
 class PolicyClass(Protocol):

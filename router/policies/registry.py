@@ -18,12 +18,14 @@ from pydantic import BaseModel, ValidationError
 from router.errors import ConfigError
 from router.policies.base import Policy, TargetCatalog
 from router.policies.capability import CapabilityPolicy
+from router.policies.cascade import CascadePolicy
 from router.policies.context_window import ContextWindowPolicy
 from router.policies.default import DefaultPolicy
 from router.policies.difficulty import DifficultyPolicy
 from router.policies.explicit import ExplicitPolicy
 from router.policies.privacy import PrivacyPolicy
 from router.policies.semantic import SemanticPolicy
+from router.policies.sticky import StickyPolicy
 from router.policies.weighted import WeightedPolicy
 
 __all__ = ["BUILTIN_POLICIES", "ENTRY_POINT_GROUP", "build_policies", "policy_requirements", "resolve_policy_class"]
@@ -38,6 +40,8 @@ BUILTIN_POLICIES: Mapping[str, Any] = {
     "weighted": WeightedPolicy,
     "semantic": SemanticPolicy,
     "difficulty": DifficultyPolicy,
+    "cascade": CascadePolicy,
+    "sticky": StickyPolicy,
     "default": DefaultPolicy,
 }
 
@@ -65,8 +69,15 @@ def resolve_policy_class(type_name: str, *, key: str = "type") -> Any:
     )
 
 
-def build_policies(specs: Sequence[Mapping[str, Any]], targets: TargetCatalog) -> list[Policy]:
-    """Build the configured policy chain, validating each one's options."""
+def build_policies(
+    specs: Sequence[Mapping[str, Any]], targets: TargetCatalog, *, known_needs: frozenset[str] | None = None
+) -> list[Policy]:
+    """Build the configured policy chain, validating each one's options.
+
+    ``known_needs`` are the feature names the classifier can compute; a
+    policy that ``requires`` anything else fails here, at start-up, rather
+    than reading a feature that is never filled in.
+    """
     policies: list[Policy] = []
     for index, spec in enumerate(specs):
         key = f"policies[{index}]"
@@ -86,6 +97,12 @@ def build_policies(specs: Sequence[Mapping[str, Any]], targets: TargetCatalog) -
             raise ConfigError(f"{key}.type: {type_name!r} has no evaluate(ctx) method")
         if not getattr(policy, "name", None):
             policy.name = type_name
+        unknown = sorted(set(getattr(policy, "requires", ())) - known_needs) if known_needs is not None else []
+        if unknown:
+            raise ConfigError(
+                f"{key} ({type_name}): requires unknown feature(s) {', '.join(map(repr, unknown))}; "
+                f"the classifier provides: {', '.join(sorted(known_needs or ()))}"
+            )
         policies.append(policy)
     return policies
 

@@ -1,30 +1,28 @@
-"""The Vertex AI backend against the Google emulator, with real google-auth service-account tokens."""
+"""The Vertex AI backend against the Google emulator, with real google-auth service-account tokens.
+
+What every backend shares (error statuses, filter stops, cut streams, timeouts)
+is in ``test_contract.py``; the translation is Gemini's (``test_gemini.py``).
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from router.backends.vertex import GoogleAuthTokens, VertexBackend, vertex_base_url
 from router.chat import ChatChunk, ChatRequest
 from router.config import VertexTargetConfig
 from router.errors import (
-    BackendError,
     ConfigError,
     ContentFiltered,
     UpstreamAuthError,
-    UpstreamProtocolError,
-    UpstreamRateLimited,
 )
-from tests.emulators.google_server import EmulatorState, create_app
+from tests.backends.contract import StaticTokens
+from tests.emulators.google_server import EmulatorState, GoogleBehaviour, ServiceAccount, TokenBehaviour, create_app
 from tests.support.loopback import serving
 
 WEATHER_TOOL = {
@@ -34,34 +32,9 @@ WEATHER_TOOL = {
 PATH = "/v1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.5-flash"
 
 
-@dataclass(frozen=True)
-class ServiceAccount:
-    private_pem: str
-    public_pem: str
-
-    def write(self, folder: Path, token_uri: str) -> Path:
-        info = {
-            "type": "service_account",
-            "project_id": "proj-1",
-            "private_key_id": "key-1",
-            "private_key": self.private_pem,
-            "client_email": "router@proj-1.iam.gserviceaccount.com",
-            "client_id": "1234567890",
-            "token_uri": token_uri,
-        }
-        path = folder / "sa.json"
-        path.write_text(json.dumps(info))
-        return path
-
-
 @pytest.fixture(scope="module")
 def account() -> ServiceAccount:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return ServiceAccount(private.decode(), public.decode())
+    return ServiceAccount.generate()
 
 
 def config(base_url: str, **extra: Any) -> VertexTargetConfig:
@@ -72,11 +45,11 @@ def config(base_url: str, **extra: Any) -> VertexTargetConfig:
 
 @asynccontextmanager
 async def emulated(
-    account: ServiceAccount, folder: Path, *script: dict[str, Any]
+    account: ServiceAccount, folder: Path, *script: GoogleBehaviour | TokenBehaviour
 ) -> AsyncIterator[tuple[VertexBackend, EmulatorState]]:
     """A started VertexBackend whose google-auth service account gets its tokens from the emulator."""
     state = EmulatorState(public_key=account.public_pem)
-    state.script.extend(script)
+    state.queue(script)
     async with serving(create_app(state)) as url:
         credentials = account.write(folder, f"{url}/token")
         backend = VertexBackend("vertex", config(url, credentials_file=str(credentials)))
@@ -104,19 +77,6 @@ def text_of(chunks: list[ChatChunk]) -> str:
     return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
 
 
-class StaticTokens:
-    """An AccessTokens fake: a fixed bearer token."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    async def load(self) -> None:
-        return None
-
-    async def headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token}"}
-
-
 async def test_plain_text_with_a_service_account_token(account: ServiceAccount, tmp_path: Path) -> None:
     async with emulated(account, tmp_path) as (backend, state):
         assert backend.readiness().ready is True
@@ -138,7 +98,7 @@ async def test_token_is_cached_until_it_expires(account: ServiceAccount, tmp_pat
         await backend.complete(req())
         assert len(state.grants) == 1
     # A token inside google-auth's refresh margin (3m45s) is fetched again for the next call.
-    short = {"endpoint": "token", "expires_in": 10}
+    short = TokenBehaviour(expires_in=10)
     async with emulated(account, tmp_path, short, short) as (backend, state):
         await backend.complete(req())
         await backend.complete(req())
@@ -172,7 +132,9 @@ async def test_stream_with_usage(account: ServiceAccount, tmp_path: Path) -> Non
 
 async def test_tool_call_round_trip(account: ServiceAccount, tmp_path: Path) -> None:
     call = {"name": "get_weather", "args": {"city": "Paris"}}
-    async with emulated(account, tmp_path, {"tool_calls": [call], "content": ""}, {"content": "Sunny."}) as (
+    async with emulated(
+        account, tmp_path, GoogleBehaviour(tool_calls=[call], content=""), GoogleBehaviour(content="Sunny.")
+    ) as (
         backend,
         state,
     ):
@@ -190,37 +152,13 @@ async def test_tool_call_round_trip(account: ServiceAccount, tmp_path: Path) -> 
 
 
 async def test_stop_sequence(account: ServiceAccount, tmp_path: Path) -> None:
-    async with emulated(account, tmp_path, {"content": "one two three"}) as (backend, state):
+    async with emulated(account, tmp_path, GoogleBehaviour(content="one two three")) as (backend, state):
         result = await backend.complete(req(stop=["two"]))
     assert sent(state)["generationConfig"] == {"stopSequences": ["two"]}
     assert (result.body["choices"][0]["message"]["content"], result.body["choices"][0]["finish_reason"]) == (
         "one ",
         "stop",
     )
-
-
-@pytest.mark.parametrize(
-    ("behaviour", "error", "retry_after"),
-    [
-        ({"status": 429, "error": "Quota exceeded", "headers": {"retry-after": "9"}}, UpstreamRateLimited, 9.0),
-        ({"status": 500, "error": "Internal error encountered."}, BackendError, None),
-    ],
-)
-async def test_error_statuses(
-    account: ServiceAccount,
-    tmp_path: Path,
-    behaviour: dict[str, Any],
-    error: type[Exception],
-    retry_after: float | None,
-) -> None:
-    async with emulated(account, tmp_path, behaviour, behaviour) as (backend, _):
-        with pytest.raises(error) as caught:
-            await backend.complete(req())
-        with pytest.raises(error) as streamed:
-            await collect(backend, req())
-    for exc in (caught.value, streamed.value):
-        assert type(exc) is error
-        assert exc.retry_after == retry_after  # type: ignore[attr-defined]
 
 
 async def test_token_the_upstream_rejects_is_an_auth_error_without_the_token(tmp_path: Path) -> None:
@@ -237,7 +175,7 @@ async def test_token_the_upstream_rejects_is_an_auth_error_without_the_token(tmp
 
 
 async def test_token_endpoint_refusal_is_an_auth_error(account: ServiceAccount, tmp_path: Path) -> None:
-    refusal = {"endpoint": "token", "status": 400, "error": "Invalid JWT Signature."}
+    refusal = TokenBehaviour(status=400, error="Invalid JWT Signature.")
     async with emulated(account, tmp_path, refusal) as (backend, state):
         with pytest.raises(UpstreamAuthError, match="could not obtain a Google access token"):
             await backend.complete(req())
@@ -245,11 +183,7 @@ async def test_token_endpoint_refusal_is_an_auth_error(account: ServiceAccount, 
 
 
 async def test_jwt_signed_by_another_key_is_refused(tmp_path: Path, account: ServiceAccount) -> None:
-    impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = impostor.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    state = EmulatorState(public_key=public.decode())
+    state = EmulatorState(public_key=ServiceAccount.generate().public_pem)
     async with serving(create_app(state)) as url:
         credentials = account.write(tmp_path, f"{url}/token")
         backend = VertexBackend("vertex", config(url, credentials_file=str(credentials)))
@@ -279,21 +213,9 @@ async def test_unreadable_credentials_file_names_the_problem(tmp_path: Path) -> 
 
 
 async def test_safety_block_is_content_filtered(account: ServiceAccount, tmp_path: Path) -> None:
-    async with emulated(account, tmp_path, {"block_reason": "PROHIBITED_CONTENT"}) as (backend, _):
+    async with emulated(account, tmp_path, GoogleBehaviour(block_reason="PROHIBITED_CONTENT")) as (backend, _):
         with pytest.raises(ContentFiltered, match="PROHIBITED_CONTENT"):
             await backend.complete(req())
-
-
-async def test_malformed_body_and_cut_stream_are_protocol_errors(account: ServiceAccount, tmp_path: Path) -> None:
-    script = ({"malformed": True}, {"content": "a b c d", "cut_after": 1})
-    async with emulated(account, tmp_path, *script) as (backend, _):
-        with pytest.raises(UpstreamProtocolError):
-            await backend.complete(req())
-        received: list[ChatChunk] = []
-        with pytest.raises(UpstreamProtocolError):
-            async for chunk in backend.stream(req()):
-                received.append(chunk)
-    assert text_of(received) == "a "
 
 
 def test_endpoint_follows_the_region_and_the_override() -> None:

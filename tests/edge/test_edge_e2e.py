@@ -35,11 +35,9 @@ def test_readiness_on_defaults(default_gateway: Server) -> None:
     body = httpx.get(default_gateway.url + "/readyz").json()
     assert body["status"] == "ready"
     assert body["targets"]["edge"]["ready"] is True
-    assert body["targets"]["cloud"] == {
-        "ready": False,
-        "busy": False,
-        "reason": "no API key: OPENAI_API_KEY is not set",
-    }
+    # Without client keys nobody sees why a target is not ready (it names an env var); the start-up log says.
+    assert body["targets"]["cloud"] == {"ready": False, "busy": False, "reason": "not ready"}
+    assert "target cloud: no API key: OPENAI_API_KEY is not set" in default_gateway.output()
 
 
 def test_sdk_non_streaming_edge(sdk: openai.OpenAI) -> None:

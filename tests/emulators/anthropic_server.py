@@ -19,8 +19,9 @@ SDK reads it:
 * Stop sequences cut the text and report ``stop_reason: stop_sequence``;
   ``max_tokens`` (one word is one token) cuts it with ``max_tokens``.
 
-By default it answers ``"Echo: <last user text>"``. Tests queue behaviours
-with ``POST /_emulator/script`` (one per upcoming request):
+By default it answers ``"Echo: <last user text>"``. Tests script it with
+:class:`AnthropicBehaviour` (see :mod:`tests.emulators.scripting` for the
+fields every emulator has), e.g.:
 
     {"content": "Hi there", "chunks": ["Hi", " there"]}   a specific answer
     {"tool_calls": [{"name": "f", "input": {"x": 1}}]}     tool_use blocks
@@ -31,8 +32,7 @@ with ``POST /_emulator/script`` (one per upcoming request):
     {"malformed": true}                                   a body that is not the documented JSON
     {"delay_s": 0.5, "chunk_delay_s": 0.1}                wait before answering / between deltas
 
-``GET /_emulator/requests`` returns what it received; ``POST /_emulator/reset``
-clears both. Run it alone with ``python -m tests.emulators.anthropic_server --port N``.
+Run it alone with ``python -m tests.emulators.anthropic_server --port N``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -49,7 +50,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["EmulatorState", "create_app"]
+from tests.emulators import scripting
+from tests.emulators.scripting import Behaviour, control_routes, crash, cut_at_stop
+
+__all__ = ["AnthropicBehaviour", "EmulatorState", "create_app"]
 
 # Top-level Messages API fields (2023-06-01 plus later optional additions).
 KNOWN_FIELDS = frozenset(
@@ -65,14 +69,22 @@ ERROR_STATUS = {
 }  # fmt: skip
 
 
-class EmulatorState:
-    def __init__(self, api_key: str | None = None) -> None:
-        self.api_key = api_key
-        self.script: list[dict[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
+@dataclass(frozen=True, kw_only=True)
+class AnthropicBehaviour(Behaviour):
+    tool_calls: list[dict[str, Any]] | None = None
+    """``{"name", "input", "id"?}`` each, answered as ``tool_use`` blocks."""
+    stop_reason: str | None = None
+    """Overrides the stop reason (``refusal``)."""
+    error_type: str | None = None
+    """The error's ``type``: ``api_error`` for a status, ``overloaded_error`` for an error event by default."""
+    error_event_after: int | None = None
+    """Send an ``event: error`` after this many text deltas, then end the stream."""
 
-    def next_behaviour(self) -> dict[str, Any]:
-        return self.script.pop(0) if self.script else {}
+
+class EmulatorState(scripting.EmulatorState[AnthropicBehaviour]):
+    def __init__(self, api_key: str | None = None) -> None:
+        super().__init__(AnthropicBehaviour)
+        self.api_key = api_key
 
 
 class _Refusal(Exception):
@@ -166,33 +178,21 @@ def _input_tokens(body: dict[str, Any]) -> int:
     return max(1, words)
 
 
-def _answer(body: dict[str, Any], behaviour: dict[str, Any]) -> tuple[list[str], str, str | None]:
+def _answer(body: dict[str, Any], behaviour: AnthropicBehaviour) -> tuple[list[str], str, str | None]:
     """The text pieces, the stop reason and the matched stop sequence."""
     last_user = next((m for m in reversed(body["messages"]) if m.get("role") == "user"), {})
-    content = behaviour.get("content", f"Echo: {_text_of(last_user.get('content'))}")
-    words = content.split(" ")
-    pieces = behaviour.get("chunks") or ([w + " " for w in words[:-1]] + [words[-1]] if content else [])
-    for stop in body.get("stop_sequences") or []:
-        if stop in content:
-            kept = content[: content.index(stop)]
-            return _cut_to(pieces, len(kept)), "stop_sequence", stop
+    pieces, stop = cut_at_stop(
+        behaviour.pieces(f"Echo: {_text_of(last_user.get('content'))}"), body.get("stop_sequences") or []
+    )
+    if stop is not None:
+        return pieces, "stop_sequence", stop
     if len(pieces) > body["max_tokens"]:
         return pieces[: body["max_tokens"]], "max_tokens", None
-    default = "tool_use" if behaviour.get("tool_calls") else "end_turn"
-    return pieces, behaviour.get("stop_reason", default), None
+    default = "tool_use" if behaviour.tool_calls else "end_turn"
+    return pieces, behaviour.stop_reason or default, None
 
 
-def _cut_to(pieces: list[str], length: int) -> list[str]:
-    out: list[str] = []
-    for piece in pieces:
-        room = length - sum(len(p) for p in out)
-        if room <= 0:
-            break
-        out.append(piece[:room])
-    return out
-
-
-def _tool_blocks(behaviour: dict[str, Any]) -> list[dict[str, Any]]:
+def _tool_blocks(behaviour: AnthropicBehaviour) -> list[dict[str, Any]]:
     return [
         {
             "type": "tool_use",
@@ -200,7 +200,7 @@ def _tool_blocks(behaviour: dict[str, Any]) -> list[dict[str, Any]]:
             "name": call["name"],
             "input": call.get("input", {}),
         }
-        for call in behaviour.get("tool_calls") or []
+        for call in behaviour.tool_calls or []
     ]
 
 
@@ -223,33 +223,18 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
             _validate(body, version)
         except _Refusal as refusal:
             return _error(refusal.status, refusal.kind, refusal.message)
-        behaviour = state.next_behaviour()
-        if behaviour.get("delay_s"):
-            await asyncio.sleep(behaviour["delay_s"])
-        if "status" in behaviour:
-            kind = behaviour.get("error_type", "api_error")
-            return _error(
-                behaviour["status"], kind, behaviour.get("error", "emulated failure"), behaviour.get("headers")
-            )
+        behaviour = state.script.next()
+        if (early := await behaviour.before_answering()) is not None:
+            return early
+        if behaviour.status is not None:
+            kind = behaviour.error_type or "api_error"
+            return _error(behaviour.status, kind, behaviour.error, behaviour.headers)
         if body.get("stream"):
-            events = _stream(body, behaviour)
+            events = state.tracked(_stream(body, behaviour))
             return StreamingResponse(events, media_type="text/event-stream", headers={"request-id": "req_stream"})
-        if behaviour.get("malformed"):
+        if behaviour.malformed:
             return Response(b"<html>502 Bad Gateway</html>", media_type="application/json")
         return JSONResponse(_message(body, behaviour))
-
-    async def script(request: Request) -> Response:
-        items = await request.json()
-        state.script.extend(items if isinstance(items, list) else [items])
-        return JSONResponse({"queued": len(state.script)})
-
-    async def requests(request: Request) -> Response:
-        return JSONResponse(state.requests)
-
-    async def reset(request: Request) -> Response:
-        state.script.clear()
-        state.requests.clear()
-        return JSONResponse({"ok": True})
 
     async def models(request: Request) -> Response:
         model = {
@@ -264,16 +249,14 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         routes=[
             Route("/v1/messages", messages, methods=["POST"]),
             Route("/v1/models", models),
-            Route("/_emulator/script", script, methods=["POST"]),
-            Route("/_emulator/requests", requests),
-            Route("/_emulator/reset", reset, methods=["POST"]),
+            *control_routes(state),
         ]
     )
     app.state.emulator = state
     return app
 
 
-def _message(body: dict[str, Any], behaviour: dict[str, Any]) -> dict[str, Any]:
+def _message(body: dict[str, Any], behaviour: AnthropicBehaviour) -> dict[str, Any]:
     pieces, stop_reason, stop_sequence = _answer(body, behaviour)
     text = "".join(pieces)
     tools = _tool_blocks(behaviour)
@@ -294,12 +277,12 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-async def _stream(body: dict[str, Any], behaviour: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _stream(body: dict[str, Any], behaviour: AnthropicBehaviour) -> AsyncIterator[bytes]:
     pieces, stop_reason, stop_sequence = _answer(body, behaviour)
     start = {**_message(body, behaviour), "content": [], "stop_reason": None, "stop_sequence": None}
     start["usage"] = {"input_tokens": start["usage"]["input_tokens"], "output_tokens": 1}
     yield _event("message_start", {"type": "message_start", "message": start})
-    if behaviour.get("malformed"):
+    if behaviour.malformed:
         yield b"event: content_block_delta\ndata: <html>502 Bad Gateway</html>\n\n"
         return
     index = 0
@@ -310,16 +293,14 @@ async def _stream(body: dict[str, Any], behaviour: dict[str, Any]) -> AsyncItera
         )
         yield _event("ping", {"type": "ping"})
         for sent, piece in enumerate(pieces):
-            if behaviour.get("cut_after") is not None and sent >= behaviour["cut_after"]:
-                await _crash()
-            if behaviour.get("error_event_after") is not None and sent >= behaviour["error_event_after"]:
-                kind = behaviour.get("error_type", "overloaded_error")
-                yield _event(
-                    "error", {"type": "error", "error": {"type": kind, "message": behaviour.get("error", "Overloaded")}}
-                )
+            if behaviour.cut_after is not None and sent >= behaviour.cut_after:
+                await crash()
+            if behaviour.error_event_after is not None and sent >= behaviour.error_event_after:
+                error = {"type": behaviour.error_type or "overloaded_error", "message": behaviour.error}
+                yield _event("error", {"type": "error", "error": error})
                 return
-            if behaviour.get("chunk_delay_s"):
-                await asyncio.sleep(behaviour["chunk_delay_s"])
+            if behaviour.chunk_delay_s:
+                await asyncio.sleep(behaviour.chunk_delay_s)
             delta = {"type": "text_delta", "text": piece}
             yield _event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
         yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
@@ -339,16 +320,6 @@ async def _stream(body: dict[str, Any], behaviour: dict[str, Any]) -> AsyncItera
     delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
     yield _event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output_tokens}})
     yield _event("message_stop", {"type": "message_stop"})
-
-
-async def _crash() -> None:
-    """Drop the connection mid-stream, as a crashed upstream does.
-
-    The pause first lets the client read what was sent: a reset that overtakes
-    unread data makes the receiving kernel discard it, and tests would flake.
-    """
-    await asyncio.sleep(0.2)
-    raise ConnectionResetError("emulated upstream crash")
 
 
 def main() -> None:

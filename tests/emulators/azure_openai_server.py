@@ -18,8 +18,9 @@ It follows Azure's documented wire format, as the official SDK
   ``innererror.content_filter_result``; a blocked answer ends with
   ``finish_reason: "content_filter"``.
 
-By default it answers ``"Echo: <last user message>"``. Tests queue
-behaviours with ``POST /_emulator/script`` (one per upcoming request):
+By default it answers ``"Echo: <last user message>"``. Tests script it with
+:class:`AzureBehaviour` (see :mod:`tests.emulators.scripting` for the
+fields every emulator has), e.g.:
 
     {"content": "Hi", "chunks": ["H", "i"]}          a specific answer
     {"tool_calls": [{"id": ..., "type": "function", "function": {...}}]}
@@ -31,8 +32,7 @@ behaviours with ``POST /_emulator/script`` (one per upcoming request):
     {"malformed": true}                              a body that is not JSON
     {"delay_s": 0.5, "chunk_delay_s": 0.1}
 
-``GET /_emulator/requests`` returns what it received; ``POST /_emulator/reset``
-clears both. Run alone: ``python -m tests.emulators.azure_openai_server --port N``.
+Run alone: ``python -m tests.emulators.azure_openai_server --port N``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 from starlette.applications import Starlette
@@ -51,7 +52,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["TEST_API_KEY", "TEST_DEPLOYMENT", "TEST_TOKEN", "AzureEmulatorState", "create_app"]
+from tests.emulators import scripting
+from tests.emulators.scripting import Behaviour, control_routes, cut_at_stop
+
+__all__ = ["TEST_API_KEY", "TEST_DEPLOYMENT", "TEST_TOKEN", "AzureBehaviour", "AzureEmulatorState", "create_app"]
 
 TEST_API_KEY = "azure-test-key-0123456789abcdef"
 TEST_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.emulator-entra-token"
@@ -64,7 +68,21 @@ _PROMPT_RESULTS = {**_SAFE_RESULTS, "jailbreak": {"filtered": False, "detected":
 _BLOCKED_RESULTS = {**_SAFE_RESULTS, "violence": {"filtered": True, "severity": "medium"}}
 
 
-class AzureEmulatorState:
+@dataclass(frozen=True, kw_only=True)
+class AzureBehaviour(Behaviour):
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str = "stop"
+    code: str | None = None
+    """The error body's ``code``; the status when None."""
+    content_filter: Literal["prompt", "completion"] | None = None
+    """Block the prompt (a 400 ``content_filter``), or cut the answer with ``finish_reason: content_filter``."""
+    filter_after: int = 1
+    """Pieces of the answer sent before a completion filter stops it."""
+    annotations: bool = False
+    """Add a filter-only chunk without a ``delta``."""
+
+
+class AzureEmulatorState(scripting.EmulatorState[AzureBehaviour]):
     def __init__(
         self,
         api_key: str | None = TEST_API_KEY,
@@ -72,14 +90,10 @@ class AzureEmulatorState:
         token: str | None = TEST_TOKEN,
         deployments: Mapping[str, str] | None = None,
     ) -> None:
+        super().__init__(AzureBehaviour)
         self.api_key = api_key
         self.token = token
         self.deployments = dict(deployments or {TEST_DEPLOYMENT: "gpt-4o-2024-08-06"})
-        self.script: list[dict[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
-
-    def next_behaviour(self) -> dict[str, Any]:
-        return self.script.pop(0) if self.script else {}
 
     def authorised(self, headers: Mapping[str, str]) -> bool:
         if self.api_key is not None and headers.get("api-key") == self.api_key:
@@ -120,21 +134,20 @@ def _last_user_text(body: Mapping[str, Any]) -> str:
 class _Answer:
     """The chunks, tool calls and finish reason of one answer, stops and max_tokens applied."""
 
-    def __init__(self, body: Mapping[str, Any], behaviour: Mapping[str, Any], model: str) -> None:
+    def __init__(self, body: Mapping[str, Any], behaviour: AzureBehaviour, model: str) -> None:
         self.model = model
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
-        content = behaviour.get("content", f"Echo: {_last_user_text(body)}")
-        words = content.split(" ")
-        chunks: list[str] = behaviour.get("chunks") or [w + " " for w in words[:-1]] + [words[-1]]
-        self.tool_calls: list[dict[str, Any]] = behaviour.get("tool_calls") or []
-        self.finish = "tool_calls" if self.tool_calls else behaviour.get("finish_reason", "stop")
+        self.tool_calls: list[dict[str, Any]] = behaviour.tool_calls or []
+        self.finish = "tool_calls" if self.tool_calls else behaviour.finish_reason
         stops = body.get("stop") or []
-        chunks = _cut_at_stop(chunks, [stops] if isinstance(stops, str) else stops)
+        chunks, _ = cut_at_stop(
+            behaviour.pieces(f"Echo: {_last_user_text(body)}"), [stops] if isinstance(stops, str) else stops
+        )
         if (limit := body.get("max_completion_tokens") or body.get("max_tokens")) and len(chunks) > limit:
             chunks, self.finish = chunks[:limit], "length"
-        if behaviour.get("content_filter") == "completion":
-            chunks, self.finish = chunks[: behaviour.get("filter_after", 1)], "content_filter"
+        if behaviour.content_filter == "completion":
+            chunks, self.finish = chunks[: behaviour.filter_after], "content_filter"
         self.chunks = [] if self.tool_calls else chunks
         self.filter_results = _BLOCKED_RESULTS if self.finish == "content_filter" else _SAFE_RESULTS
         completion = len(self.chunks) + 5 * len(self.tool_calls)
@@ -178,13 +191,13 @@ class _Answer:
         }
         return b"data: " + json.dumps(event).encode() + b"\n\n"
 
-    def events(self, include_usage: bool, behaviour: Mapping[str, Any]) -> list[bytes]:
+    def events(self, include_usage: bool, behaviour: AzureBehaviour) -> list[bytes]:
         prompt = {"id": "", "object": "", "created": 0, "model": "", "choices": []}
         prompt["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": _PROMPT_RESULTS}]
         events = [b"data: " + json.dumps(prompt).encode() + b"\n\n"]
         events.append(self.chunk({"role": "assistant", "content": "", "refusal": None}, content_filter_results={}))
         events += [self.chunk({"content": c}, content_filter_results=_SAFE_RESULTS) for c in self.chunks]
-        if behaviour.get("annotations"):
+        if behaviour.annotations:
             offsets = {"check_offset": 0, "start_offset": 0, "end_offset": 10}
             events.append(self.chunk(None, content_filter_results=_SAFE_RESULTS, content_filter_offsets=offsets))
         for index, call in enumerate(self.tool_calls):
@@ -202,32 +215,16 @@ class _Answer:
         return [*events, b"data: [DONE]\n\n"]
 
 
-def _cut_at_stop(chunks: list[str], stops: list[str]) -> list[str]:
-    text = "".join(chunks)
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
-    if cut < 0:
-        return chunks
-    kept, length = [], 0
-    for chunk in chunks:
-        if length + len(chunk) > cut:
-            if cut > length:
-                kept.append(chunk[: cut - length])
-            break
-        kept.append(chunk)
-        length += len(chunk)
-    return kept
-
-
-async def _write(events: list[bytes], behaviour: Mapping[str, Any]) -> AsyncIterator[bytes]:
-    cut_after = behaviour.get("cut_after")
+async def _write(events: list[bytes], behaviour: AzureBehaviour) -> AsyncIterator[bytes]:
+    cut_after = behaviour.cut_after
     for index, event in enumerate(events):
         # events[0] is the prompt-filter chunk, events[1] the role chunk: count content chunks after them.
         if cut_after is not None and index >= cut_after + 2:
             # A pause first, so the client has read what was sent (aiohttp drops unread data on a reset).
             await asyncio.sleep(0.1)
             raise ConnectionResetError("emulated upstream crash")
-        if behaviour.get("chunk_delay_s"):
-            await asyncio.sleep(behaviour["chunk_delay_s"])
+        if behaviour.chunk_delay_s:
+            await asyncio.sleep(behaviour.chunk_delay_s)
         yield event
 
 
@@ -257,50 +254,36 @@ def create_app(state: AzureEmulatorState | None = None) -> Starlette:
         record["body"] = body
         if unknown := sorted(set(body) - KNOWN_FIELDS):
             return _error(400, "BadRequest", f"Unrecognized request argument supplied: {unknown[0]}")
-        return await _respond(state.next_behaviour(), body, state.deployments[deployment])
-
-    async def script(request: Request) -> Response:
-        items = await request.json()
-        state.script.extend(items if isinstance(items, list) else [items])
-        return JSONResponse({"queued": len(state.script)})
-
-    async def requests(request: Request) -> Response:
-        return JSONResponse(state.requests)
-
-    async def reset(request: Request) -> Response:
-        state.script.clear()
-        state.requests.clear()
-        return JSONResponse({"ok": True})
+        return await _respond(state, state.script.next(), body, state.deployments[deployment])
 
     app = Starlette(
         routes=[
             Route("/openai/deployments/{deployment}/chat/completions", chat, methods=["POST"]),
-            Route("/_emulator/script", script, methods=["POST"]),
-            Route("/_emulator/requests", requests),
-            Route("/_emulator/reset", reset, methods=["POST"]),
+            *control_routes(state),
         ]
     )
     app.state.emulator = state
     return app
 
 
-async def _respond(behaviour: Mapping[str, Any], body: Mapping[str, Any], model: str) -> Response:
-    if behaviour.get("delay_s"):
-        await asyncio.sleep(behaviour["delay_s"])
-    if "status" in behaviour:
-        message = behaviour.get("error", "emulated failure")
-        return _error(
-            behaviour["status"], str(behaviour.get("code", behaviour["status"])), message, behaviour.get("headers")
-        )
-    if behaviour.get("content_filter") == "prompt":
+async def _respond(
+    state: AzureEmulatorState, behaviour: AzureBehaviour, body: Mapping[str, Any], model: str
+) -> Response:
+    if (early := await behaviour.before_answering()) is not None:
+        return early
+    if behaviour.status is not None:
+        code = behaviour.code if behaviour.code is not None else str(behaviour.status)
+        return _error(behaviour.status, code, behaviour.error, behaviour.headers)
+    if behaviour.content_filter == "prompt":
         return _filter_error()
-    if behaviour.get("malformed"):
+    if behaviour.malformed:
         return Response(b"<html>502 Bad Gateway</html>", media_type="application/json")
     answer = _Answer(body, behaviour, model)
     if not body.get("stream"):
         return JSONResponse(answer.completion())
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return StreamingResponse(_write(answer.events(include_usage, behaviour), behaviour), media_type="text/event-stream")
+    events = state.tracked(_write(answer.events(include_usage, behaviour), behaviour))
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
 def main() -> None:

@@ -18,12 +18,13 @@ It follows the documented wire format, as the official SDK (boto3) reads it:
   only decodes them: prelude (total length, headers length, CRC32), typed
   headers, JSON payload with a random ``p`` padding field, message CRC32.
 
-By default it answers ``"Echo: <last user text>"``. Tests queue behaviours
-with ``POST /_emulator/script`` (one per upcoming request):
+By default it answers ``"Echo: <last user text>"``. Tests script it with
+:class:`BedrockBehaviour` (see :mod:`tests.emulators.scripting` for the
+fields every emulator has), e.g.:
 
     {"content": "Hi", "chunks": ["H", "i"]}             a specific answer
     {"tool_calls": [{"id": "t1", "name": "f", "input": {...}}]}
-    {"status": 429, "error_type": "ThrottlingException", "message": "...", "headers": {"retry-after": "3"}}
+    {"status": 429, "error_type": "ThrottlingException", "error": "...", "headers": {"retry-after": "3"}}
     {"exception": {"type": "throttlingException", "message": "...", "after": 1}}   in-stream exception
     {"cut_after": 2}                                    drop the stream after 2 text deltas
     {"malformed": true}                                 a non-JSON answer / a frame with a bad CRC
@@ -32,8 +33,7 @@ with ``POST /_emulator/script`` (one per upcoming request):
     {"stop_reason": "guardrail_intervened"}             override the stop reason
     {"delay_s": 0.5, "chunk_delay_s": 0.1}
 
-``GET /_emulator/requests`` returns what it received; ``POST /_emulator/reset``
-clears both. Run alone: ``python -m tests.emulators.bedrock_server --port N``.
+Run alone: ``python -m tests.emulators.bedrock_server --port N``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ import string
 import struct
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from botocore.auth import SigV4Auth
@@ -64,11 +65,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.emulators import scripting
+from tests.emulators.scripting import Behaviour, control_routes, cut_at_stop, parse_fields
+
 __all__ = [
     "TEST_ACCESS_KEY",
     "TEST_REGION",
     "TEST_SECRET_KEY",
+    "BedrockBehaviour",
     "BedrockEmulatorState",
+    "StreamException",
     "create_app",
     "encode_message",
     "event_frame",
@@ -227,7 +233,39 @@ def _conversation_rules(body: Mapping[str, Any]) -> list[str]:
 # --- answers --------------------------------------------------------------------------------------
 
 
-class BedrockEmulatorState:
+@dataclass(frozen=True, kw_only=True)
+class StreamException:
+    """A modelled exception sent inside the event stream."""
+
+    type: str
+    message: str = "emulated failure"
+    after: int = 0
+    """Text deltas sent before it."""
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> StreamException:
+        return parse_fields(cls, raw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BedrockBehaviour(Behaviour):
+    tool_calls: list[dict[str, Any]] | None = None
+    """``{"id", "name", "input"}`` each, answered as ``toolUse`` blocks."""
+    stop_reason: str | None = None
+    """Overrides the stop reason (``guardrail_intervened``)."""
+    error_type: str | None = None
+    """Answer with this error type (``ThrottlingException``), with ``status`` or the type's own."""
+    exception: StreamException | None = None
+    split: int | None = None
+    """Write frames this many bytes at a time."""
+    coalesce: bool = False
+    """Write the whole stream at once."""
+    usage: dict[str, int] | None = None
+
+    nested: ClassVar[Mapping[str, Any]] = {"exception": StreamException}
+
+
+class BedrockEmulatorState(scripting.EmulatorState[BedrockBehaviour]):
     def __init__(
         self,
         credentials: Mapping[str, str] | None = None,
@@ -236,15 +274,11 @@ class BedrockEmulatorState:
         region: str = TEST_REGION,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
+        super().__init__(BedrockBehaviour)
         self.credentials = dict(credentials or {TEST_ACCESS_KEY: TEST_SECRET_KEY})
         self.tokens = dict(tokens or {})
         self.region = region
         self.clock = clock
-        self.script: list[dict[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
-
-    def next_behaviour(self) -> dict[str, Any]:
-        return self.script.pop(0) if self.script else {}
 
 
 def _error(
@@ -282,38 +316,21 @@ def _input_tokens(body: Mapping[str, Any]) -> int:
 class _Answer:
     """What to answer, after stop sequences and maxTokens have had their say."""
 
-    def __init__(self, body: Mapping[str, Any], behaviour: Mapping[str, Any]) -> None:
-        content = behaviour.get("content", f"Echo: {_last_user_text(body)}")
-        words = content.split(" ")
-        chunks: list[str] = behaviour.get("chunks") or [w + " " for w in words[:-1]] + [words[-1]]
-        self.tool_calls: list[dict[str, Any]] = behaviour.get("tool_calls") or []
+    def __init__(self, body: Mapping[str, Any], behaviour: BedrockBehaviour) -> None:
+        self.tool_calls: list[dict[str, Any]] = behaviour.tool_calls or []
         self.stop_reason = "tool_use" if self.tool_calls else "end_turn"
         config = body.get("inferenceConfig", {})
-        chunks = self._apply_stops(chunks, config.get("stopSequences", []))
+        chunks, stop = cut_at_stop(behaviour.pieces(f"Echo: {_last_user_text(body)}"), config.get("stopSequences", []))
+        if stop is not None:
+            self.stop_reason = "stop_sequence"
         if (limit := config.get("maxTokens")) is not None and len(chunks) > limit:
             chunks, self.stop_reason, self.tool_calls = chunks[:limit], "max_tokens", []
-        self.chunks = chunks if not self.tool_calls or behaviour.get("content") else []
-        self.stop_reason = behaviour.get("stop_reason", self.stop_reason)
-        self.usage = behaviour.get("usage") or {
-            "inputTokens": _input_tokens(body),
-            "outputTokens": len(self.chunks) + 5 * len(self.tool_calls),
-        }
+        self.chunks = chunks if not self.tool_calls or behaviour.content else []
+        self.stop_reason = behaviour.stop_reason or self.stop_reason
+        self.usage = dict(behaviour.usage or {})
+        self.usage.setdefault("inputTokens", _input_tokens(body))
+        self.usage.setdefault("outputTokens", len(self.chunks) + 5 * len(self.tool_calls))
         self.usage.setdefault("totalTokens", self.usage["inputTokens"] + self.usage["outputTokens"])
-
-    def _apply_stops(self, chunks: list[str], stops: list[str]) -> list[str]:
-        text = "".join(chunks)
-        cut = min((text.find(s) for s in stops if s in text), default=-1)
-        if cut < 0:
-            return chunks
-        self.stop_reason, kept, length = "stop_sequence", [], 0
-        for chunk in chunks:
-            if length + len(chunk) > cut:
-                if cut > length:
-                    kept.append(chunk[: cut - length])
-                break
-            kept.append(chunk)
-            length += len(chunk)
-        return kept
 
     def converse(self) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"text": "".join(self.chunks)}] if self.chunks else []
@@ -327,12 +344,12 @@ class _Answer:
             "metrics": {"latencyMs": 42},
         }
 
-    def frames(self, behaviour: Mapping[str, Any]) -> list[bytes]:
+    def frames(self, behaviour: BedrockBehaviour) -> list[bytes]:
         frames = [event_frame("messageStart", {"role": "assistant"})]
-        exception = behaviour.get("exception")
+        exception = behaviour.exception
         for index, chunk in enumerate(self.chunks):
-            if exception and exception.get("after", 0) == index:
-                return [*frames, exception_frame(exception["type"], exception.get("message", "emulated failure"))]
+            if exception and exception.after == index:
+                return [*frames, exception_frame(exception.type, exception.message)]
             frames.append(event_frame("contentBlockDelta", {"delta": {"text": chunk}, "contentBlockIndex": 0}))
         if self.chunks:
             frames.append(event_frame("contentBlockStop", {"contentBlockIndex": 0}))
@@ -345,26 +362,26 @@ class _Answer:
                 frames.append(event_frame("contentBlockDelta", delta))
             frames.append(event_frame("contentBlockStop", {"contentBlockIndex": offset}))
         if exception:
-            return [*frames, exception_frame(exception["type"], exception.get("message", "emulated failure"))]
+            return [*frames, exception_frame(exception.type, exception.message)]
         frames.append(event_frame("messageStop", {"stopReason": self.stop_reason}))
         frames.append(event_frame("metadata", {"usage": self.usage, "metrics": {"latencyMs": 42}}))
         return frames
 
 
-async def _write(frames: list[bytes], behaviour: Mapping[str, Any]) -> AsyncIterator[bytes]:
-    if behaviour.get("coalesce"):
+async def _write(frames: list[bytes], behaviour: BedrockBehaviour) -> AsyncIterator[bytes]:
+    if behaviour.coalesce:
         yield b"".join(frames)
         return
-    split = behaviour.get("split")
+    split = behaviour.split
     for index, frame in enumerate(frames):
-        if behaviour.get("cut_after") is not None and index > behaviour["cut_after"]:
+        if behaviour.cut_after is not None and index > behaviour.cut_after:
             # Dropping the connection mid-stream is what a crashed upstream looks like. A pause
             # first, so the client has read what was sent (aiohttp drops unread data on a reset).
             await asyncio.sleep(0.1)
             raise ConnectionResetError("emulated upstream crash")
-        if behaviour.get("chunk_delay_s"):
-            await asyncio.sleep(behaviour["chunk_delay_s"])
-        if behaviour.get("malformed") and index == 1:
+        if behaviour.chunk_delay_s:
+            await asyncio.sleep(behaviour.chunk_delay_s)
+        if behaviour.malformed and index == 1:
             frame = frame[:-5] + bytes([frame[-5] ^ 0xFF]) + frame[-4:]
         if not split:
             yield frame
@@ -401,26 +418,11 @@ def create_app(state: BedrockEmulatorState | None = None) -> Starlette:
         record["body"] = body
         if problems := validate_converse(model_id, body, stream=stream):
             return _error("ValidationException", "; ".join(problems))
-        return await _answer(state.next_behaviour(), body, stream)
-
-    async def script(request: Request) -> Response:
-        items = await request.json()
-        state.script.extend(items if isinstance(items, list) else [items])
-        return JSONResponse({"queued": len(state.script)})
-
-    async def requests(request: Request) -> Response:
-        return JSONResponse(state.requests)
-
-    async def reset(request: Request) -> Response:
-        state.script.clear()
-        state.requests.clear()
-        return JSONResponse({"ok": True})
+        return await _answer(state, state.script.next(), body, stream)
 
     app = Starlette(
         routes=[
-            Route("/_emulator/script", script, methods=["POST"]),
-            Route("/_emulator/requests", requests),
-            Route("/_emulator/reset", reset, methods=["POST"]),
+            *control_routes(state),
             Route("/model/{rest:path}", invoke, methods=["POST"]),
         ]
     )
@@ -428,20 +430,22 @@ def create_app(state: BedrockEmulatorState | None = None) -> Starlette:
     return app
 
 
-async def _answer(behaviour: Mapping[str, Any], body: Mapping[str, Any], stream: bool) -> Response:
-    if behaviour.get("delay_s"):
-        await asyncio.sleep(behaviour["delay_s"])
-    if "status" in behaviour or "error_type" in behaviour:
-        error_type = behaviour.get("error_type", "InternalServerException")
-        message = behaviour.get("message", "emulated failure")
-        return _error(error_type, message, behaviour.get("headers"), behaviour.get("status"))
+async def _answer(
+    state: BedrockEmulatorState, behaviour: BedrockBehaviour, body: Mapping[str, Any], stream: bool
+) -> Response:
+    if (early := await behaviour.before_answering()) is not None:
+        return early
+    if behaviour.status is not None or behaviour.error_type is not None:
+        error_type = behaviour.error_type if behaviour.error_type is not None else "InternalServerException"
+        return _error(error_type, behaviour.error, behaviour.headers, behaviour.status)
     answer = _Answer(body, behaviour)
     request_id = {"x-amzn-RequestId": str(uuid.uuid4())}
     if not stream:
-        if behaviour.get("malformed"):
+        if behaviour.malformed:
             return Response(b"<html>502 Bad Gateway</html>", media_type="application/json", headers=request_id)
         return JSONResponse(answer.converse(), headers=request_id)
-    return StreamingResponse(_write(answer.frames(behaviour), behaviour), media_type=EVENT_STREAM, headers=request_id)
+    frames = state.tracked(_write(answer.frames(behaviour), behaviour))
+    return StreamingResponse(frames, media_type=EVENT_STREAM, headers=request_id)
 
 
 def main() -> None:

@@ -22,9 +22,10 @@ It follows Google's documented wire format, as ``google-genai`` and
 * A stop sequence cuts the text and still reports ``finishReason: STOP``;
   ``maxOutputTokens`` (one word is one token) cuts it with ``MAX_TOKENS``.
 
-By default it answers ``"Echo: <last user text>"``. Tests queue behaviours
-with ``POST /_emulator/script`` (one per upcoming request; items with
-``"endpoint": "token"`` are for the token endpoint):
+By default it answers ``"Echo: <last user text>"``. Tests script it with
+:class:`GoogleBehaviour`, and the token endpoint with :class:`TokenBehaviour`
+(over HTTP: items with ``"endpoint": "token"``); see
+:mod:`tests.emulators.scripting` for the fields every emulator has. E.g.:
 
     {"content": "Hi there", "chunks": ["Hi", " there"]}
     {"tool_calls": [{"name": "f", "args": {"x": 1}, "thought_signature": "c2ln"}]}
@@ -38,9 +39,8 @@ with ``POST /_emulator/script`` (one per upcoming request; items with
     {"endpoint": "token", "status": 400}            the token endpoint refuses (invalid_grant)
     {"endpoint": "token", "expires_in": 10}         a token that expires soon
 
-``GET /_emulator/requests`` returns what it received (``GET /_emulator/tokens``
-the token grants); ``POST /_emulator/reset`` clears all. Run it alone with
-``python -m tests.emulators.google_server --port N``.
+``GET /_emulator/tokens`` returns the token grants it received. Run it alone
+with ``python -m tests.emulators.google_server --port N``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -59,7 +61,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["EmulatorState", "create_app"]
+from tests.emulators import scripting
+from tests.emulators.scripting import Behaviour, Script, control_routes, crash, cut_at_stop
+
+__all__ = ["EmulatorState", "GoogleBehaviour", "ServiceAccount", "TokenBehaviour", "create_app"]
 
 GEMINI_PATH = re.compile(r"/(?P<version>v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P<method>\w+)")
 VERTEX_PATH = re.compile(
@@ -83,21 +88,96 @@ STATUS_NAMES = {
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
-class EmulatorState:
+@dataclass(frozen=True, kw_only=True)
+class GoogleBehaviour(Behaviour):
+    tool_calls: list[dict[str, Any]] | None = None
+    """``{"name", "args", "id"?, "thought_signature"?}`` each, answered as ``functionCall`` parts."""
+    block_reason: str | None = None
+    """Block the prompt (``promptFeedback.blockReason``)."""
+    finish_reason: str = "STOP"
+    retry_delay: str | None = None
+    """A ``RetryInfo`` detail on an error status, e.g. ``"7s"``."""
+    error_event_after: int | None = None
+    """Send an error object (with ``status``, 503 by default) after this many events, then end the stream."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenBehaviour:
+    """How the token endpoint answers one grant."""
+
+    status: int | None = None
+    """Refuse the grant (``invalid_grant``) with this status."""
+    error: str = "Invalid JWT Signature."
+    expires_in: int = 3599
+    endpoint: str = "token"
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> TokenBehaviour:
+        return scripting.parse_fields(cls, raw)
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """A service account whose JWT grants the token endpoint accepts when given ``public_pem``."""
+
+    private_pem: str
+    public_pem: str
+
+    @classmethod
+    def generate(cls) -> ServiceAccount:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return cls(private.decode(), public.decode())
+
+    def write(self, folder: Path, token_uri: str, project: str = "proj-1") -> Path:
+        """Its JSON key file, as google-auth reads it, in ``folder``."""
+        info = {
+            "type": "service_account",
+            "project_id": project,
+            "private_key_id": "key-1",
+            "private_key": self.private_pem,
+            "client_email": f"router@{project}.iam.gserviceaccount.com",
+            "client_id": "1234567890",
+            "token_uri": token_uri,
+        }
+        path = folder / "sa.json"
+        path.write_text(json.dumps(info))
+        return path
+
+
+class EmulatorState(scripting.EmulatorState[GoogleBehaviour]):
     def __init__(self, api_key: str | None = None, public_key: str | None = None) -> None:
+        super().__init__(GoogleBehaviour)
         self.api_key = api_key
         # PEM public key (or certificate) of the service account whose JWTs the token endpoint accepts.
         self.public_key = public_key
         self.tokens: set[str] = set()
-        self.script: list[dict[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
+        self.token_script = Script(TokenBehaviour)
         self.grants: list[dict[str, Any]] = []
 
-    def next_behaviour(self, endpoint: str = "model") -> dict[str, Any]:
-        for index, item in enumerate(self.script):
-            if item.get("endpoint", "model") == endpoint:
-                return self.script.pop(index)
-        return {}
+    def queue(self, items: Sequence[GoogleBehaviour | TokenBehaviour | Mapping[str, Any]]) -> None:
+        """Queue model and token-endpoint behaviours; as data, the latter say ``"endpoint": "token"``."""
+        tokens, models = [], []
+        for item in items:
+            if isinstance(item, TokenBehaviour) or (isinstance(item, Mapping) and item.get("endpoint") == "token"):
+                tokens.append(self.token_script.typed(item))
+            else:
+                models.append(self.script.typed(item))
+        self.token_script.add(*tokens)
+        self.script.add(*models)
+
+    def reset(self) -> None:
+        super().reset()
+        self.token_script.clear()
+        self.grants.clear()
 
 
 class _Refusal(Exception):
@@ -184,30 +264,15 @@ def _text(content: Any) -> str:
     return " ".join(str(p["text"]) for p in _parts(content) if isinstance(p.get("text"), str))
 
 
-def _answer(body: dict[str, Any], behaviour: dict[str, Any]) -> tuple[list[str], str]:
+def _answer(body: dict[str, Any], behaviour: GoogleBehaviour) -> tuple[list[str], str]:
     """The text pieces and the finish reason."""
     last_user = next((c for c in reversed(body["contents"]) if c.get("role", "user") == "user"), {})
-    content = behaviour.get("content", f"Echo: {_text(last_user)}")
-    words = content.split(" ")
-    pieces = behaviour.get("chunks") or ([w + " " for w in words[:-1]] + [words[-1]] if content else [])
     config = body.get("generationConfig") or {}
-    for stop in config.get("stopSequences") or []:
-        if stop in content:
-            pieces = _cut_to(pieces, content.index(stop))
+    pieces, _ = cut_at_stop(behaviour.pieces(f"Echo: {_text(last_user)}"), config.get("stopSequences") or [])
     limit = config.get("maxOutputTokens")
     if isinstance(limit, int) and len(pieces) > limit:
         return pieces[:limit], "MAX_TOKENS"
-    return pieces, behaviour.get("finish_reason", "STOP")
-
-
-def _cut_to(pieces: list[str], length: int) -> list[str]:
-    out: list[str] = []
-    for piece in pieces:
-        room = length - sum(len(p) for p in out)
-        if room <= 0:
-            break
-        out.append(piece[:room])
-    return out
+    return pieces, behaviour.finish_reason
 
 
 def _usage(body: dict[str, Any], output: int | None) -> dict[str, Any]:
@@ -225,9 +290,9 @@ def _usage(body: dict[str, Any], output: int | None) -> dict[str, Any]:
     return usage
 
 
-def _call_parts(behaviour: dict[str, Any]) -> list[dict[str, Any]]:
+def _call_parts(behaviour: GoogleBehaviour) -> list[dict[str, Any]]:
     parts = []
-    for call in behaviour.get("tool_calls") or []:
+    for call in behaviour.tool_calls or []:
         part: dict[str, Any] = {"functionCall": {"name": call["name"], "args": call.get("args", {})}}
         if call.get("id"):
             part["functionCall"]["id"] = call["id"]
@@ -261,10 +326,10 @@ def _blocked(body: dict[str, Any], model: str, reason: str) -> dict[str, Any]:
     }
 
 
-def _events(body: dict[str, Any], model: str, behaviour: dict[str, Any]) -> list[dict[str, Any]]:
+def _events(body: dict[str, Any], model: str, behaviour: GoogleBehaviour) -> list[dict[str, Any]]:
     """The stream's events; their concatenated parts are the whole answer."""
-    if behaviour.get("block_reason"):
-        return [_blocked(body, model, behaviour["block_reason"])]
+    if behaviour.block_reason:
+        return [_blocked(body, model, behaviour.block_reason)]
     pieces, finish = _answer(body, behaviour)
     response_id = uuid.uuid4().hex[:20]
     calls = _call_parts(behaviour)
@@ -277,7 +342,7 @@ def _events(body: dict[str, Any], model: str, behaviour: dict[str, Any]) -> list
     return [*events, last]
 
 
-def _whole(body: dict[str, Any], model: str, behaviour: dict[str, Any]) -> dict[str, Any]:
+def _whole(body: dict[str, Any], model: str, behaviour: GoogleBehaviour) -> dict[str, Any]:
     """The non-streaming answer: every event's parts in one response."""
     events = _events(body, model, behaviour)
     if "promptFeedback" in events[0]:
@@ -291,28 +356,24 @@ def _whole(body: dict[str, Any], model: str, behaviour: dict[str, Any]) -> dict[
     return _response(model, last["responseId"], merged, last["candidates"][0]["finishReason"], last["usageMetadata"])
 
 
-async def _sse(events: list[dict[str, Any]], behaviour: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _sse(events: list[dict[str, Any]], behaviour: GoogleBehaviour) -> AsyncIterator[bytes]:
     for sent, event in enumerate(events):
-        if behaviour.get("cut_after") is not None and sent >= behaviour["cut_after"]:
-            await _crash()
-        if behaviour.get("error_event_after") is not None and sent >= behaviour["error_event_after"]:
-            status = behaviour.get("status", 503)
-            error = {
-                "code": status,
-                "message": behaviour.get("error", "The model is overloaded."),
-                "status": STATUS_NAMES.get(status, "UNKNOWN"),
-            }
+        if behaviour.cut_after is not None and sent >= behaviour.cut_after:
+            await crash()
+        if behaviour.error_event_after is not None and sent >= behaviour.error_event_after:
+            status = behaviour.status or 503
+            error = {"code": status, "message": behaviour.error, "status": STATUS_NAMES.get(status, "UNKNOWN")}
             yield b"data: " + json.dumps({"error": error}).encode() + b"\r\n\r\n"
             return
-        if behaviour.get("chunk_delay_s"):
-            await asyncio.sleep(behaviour["chunk_delay_s"])
+        if behaviour.chunk_delay_s:
+            await asyncio.sleep(behaviour.chunk_delay_s)
         yield b"data: " + json.dumps(event).encode() + b"\r\n\r\n"
 
 
-async def _json_array(events: list[dict[str, Any]], behaviour: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _json_array(events: list[dict[str, Any]], behaviour: GoogleBehaviour) -> AsyncIterator[bytes]:
     for sent, event in enumerate(events):
-        if behaviour.get("cut_after") is not None and sent >= behaviour["cut_after"]:
-            await _crash()
+        if behaviour.cut_after is not None and sent >= behaviour.cut_after:
+            await crash()
         yield (b"[" if sent == 0 else b",\r\n") + json.dumps(event, indent=2).encode()
     yield b"]"
 
@@ -342,46 +403,27 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
             _validate(body)
         except _Refusal as refusal:
             return _error(refusal.status, refusal.message, details=refusal.details)
-        return await _answer_call(state.next_behaviour(), body, match["model"], match["method"], request)
+        return await _answer_call(state, state.script.next(), body, match["model"], match["method"], request)
 
     async def token(request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode()))
         state.grants.append({k: str(v) for k, v in form.items()})
-        behaviour = state.next_behaviour("token")
-        refusal = "status" in behaviour or not _grant_ok(state, form, str(request.url))
-        if refusal:
-            body = {"error": "invalid_grant", "error_description": behaviour.get("error", "Invalid JWT Signature.")}
-            return JSONResponse(body, status_code=behaviour.get("status", 400))
+        behaviour = state.token_script.next()
+        if behaviour.status is not None or not _grant_ok(state, form, str(request.url)):
+            body = {"error": "invalid_grant", "error_description": behaviour.error}
+            return JSONResponse(body, status_code=behaviour.status or 400)
         access = f"ya29.emulated-{uuid.uuid4().hex}"
         state.tokens.add(access)
-        return JSONResponse(
-            {"access_token": access, "expires_in": behaviour.get("expires_in", 3599), "token_type": "Bearer"}
-        )
-
-    async def script(request: Request) -> Response:
-        items = await request.json()
-        state.script.extend(items if isinstance(items, list) else [items])
-        return JSONResponse({"queued": len(state.script)})
-
-    async def requests(request: Request) -> Response:
-        return JSONResponse(state.requests)
+        return JSONResponse({"access_token": access, "expires_in": behaviour.expires_in, "token_type": "Bearer"})
 
     async def grants(request: Request) -> Response:
         return JSONResponse(state.grants)
 
-    async def reset(request: Request) -> Response:
-        state.script.clear()
-        state.requests.clear()
-        state.grants.clear()
-        return JSONResponse({"ok": True})
-
     app = Starlette(
         routes=[
             Route("/token", token, methods=["POST"]),
-            Route("/_emulator/script", script, methods=["POST"]),
-            Route("/_emulator/requests", requests),
             Route("/_emulator/tokens", grants),
-            Route("/_emulator/reset", reset, methods=["POST"]),
+            *control_routes(state),
             Route("/{path:path}", model_call, methods=["POST"]),
         ]
     )
@@ -408,23 +450,16 @@ def _grant_ok(state: EmulatorState, form: dict[str, Any], token_uri: str) -> boo
 
 
 async def _answer_call(
-    behaviour: dict[str, Any], body: dict[str, Any], model: str, method: str, request: Request
+    state: EmulatorState, behaviour: GoogleBehaviour, body: dict[str, Any], model: str, method: str, request: Request
 ) -> Response:
-    if behaviour.get("delay_s"):
-        await asyncio.sleep(behaviour["delay_s"])
-    if "status" in behaviour and behaviour.get("error_event_after") is None:
+    if (early := await behaviour.before_answering()) is not None:
+        return early
+    if behaviour.status is not None and behaviour.error_event_after is None:
         details = []
-        if behaviour.get("retry_delay"):
-            details.append(
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": behaviour["retry_delay"]}
-            )
-        return _error(
-            behaviour["status"],
-            behaviour.get("error", "emulated failure"),
-            details=details,
-            headers=behaviour.get("headers"),
-        )
-    if behaviour.get("malformed"):
+        if behaviour.retry_delay:
+            details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": behaviour.retry_delay})
+        return _error(behaviour.status, behaviour.error, details=details, headers=behaviour.headers)
+    if behaviour.malformed:
         if method == "streamGenerateContent":
             return StreamingResponse(_malformed_stream(), media_type="text/event-stream")
         return Response(b"<html>502 Bad Gateway</html>", media_type="application/json")
@@ -432,22 +467,12 @@ async def _answer_call(
         return JSONResponse(_whole(body, model, behaviour))
     events = _events(body, model, behaviour)
     if request.query_params.get("alt") == "sse":
-        return StreamingResponse(_sse(events, behaviour), media_type="text/event-stream")
-    return StreamingResponse(_json_array(events, behaviour), media_type="application/json")
+        return StreamingResponse(state.tracked(_sse(events, behaviour)), media_type="text/event-stream")
+    return StreamingResponse(state.tracked(_json_array(events, behaviour)), media_type="application/json")
 
 
 async def _malformed_stream() -> AsyncIterator[bytes]:
     yield b"data: <html>502 Bad Gateway</html>\r\n\r\n"
-
-
-async def _crash() -> None:
-    """Drop the connection mid-stream, as a crashed upstream does.
-
-    The pause first lets the client read what was sent: a reset that overtakes
-    unread data makes the receiving kernel discard it, and tests would flake.
-    """
-    await asyncio.sleep(0.2)
-    raise ConnectionResetError("emulated upstream crash")
 
 
 def main() -> None:

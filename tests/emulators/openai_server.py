@@ -5,18 +5,19 @@ with ``Authorization: Bearer``, JSON bodies, SSE streams of
 ``chat.completion.chunk`` ending in ``data: [DONE]``, a usage chunk when
 ``stream_options.include_usage`` is set, and ``{"error": {...}}`` bodies.
 
-By default it answers ``"Echo: <last user message>"``. Tests queue
-behaviours with ``POST /_emulator/script`` (one per upcoming request):
+By default it answers ``"Echo: <last user message>"``. Tests script it with
+:class:`OpenAIBehaviour` (see :mod:`tests.emulators.scripting` for the
+fields every emulator has), e.g.:
 
     {"content": "Hi", "chunks": ["H", "i"]}          a specific answer
     {"tool_calls": [{"id": ..., "type": "function", "function": {...}}]}
+    {"finish_reason": "content_filter", "content": ""}   a filtered answer
     {"status": 429, "error": "slow down", "headers": {"retry-after": "7"}}
     {"cut_after": 2}                                 break the stream after 2 chunks
     {"malformed": true}                              a body that is not JSON
-    {"delay_s": 0.5}                                 wait before answering
+    {"delay_s": 0.5, "chunk_delay_s": 0.1}           wait before answering / between chunks
 
-``GET /_emulator/requests`` returns what it received; ``POST /_emulator/reset``
-clears both. Run it alone with ``python -m tests.emulators.openai_server --port N``.
+Run it alone with ``python -m tests.emulators.openai_server --port N``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -34,18 +36,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["EmulatorState", "create_app"]
+from tests.emulators import scripting
+from tests.emulators.scripting import Behaviour, control_routes, crash
+
+__all__ = ["EmulatorState", "OpenAIBehaviour", "create_app"]
 
 
-class EmulatorState:
+@dataclass(frozen=True, kw_only=True)
+class OpenAIBehaviour(Behaviour):
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str = "stop"
+    error_type: str = "server_error"
+    """The error body's ``type``."""
+    code: str | None = None
+    """The error body's ``code``."""
+
+
+class EmulatorState(scripting.EmulatorState[OpenAIBehaviour]):
     def __init__(self, api_key: str | None = None, model: str = "gpt-4o-mini") -> None:
+        super().__init__(OpenAIBehaviour)
         self.api_key = api_key
         self.model = model
-        self.script: list[dict[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
-
-    def next_behaviour(self) -> dict[str, Any]:
-        return self.script.pop(0) if self.script else {}
 
 
 def _error(status: int, message: str, type_: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
@@ -81,59 +92,19 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
                 "invalid_request_error",
                 "invalid_api_key",
             )
-        behaviour = state.next_behaviour()
-        if behaviour.get("delay_s"):
-            await asyncio.sleep(behaviour["delay_s"])
-        if "status" in behaviour:
-            return _error(
-                behaviour["status"],
-                behaviour.get("error", "emulated failure"),
-                behaviour.get("type", "server_error"),
-                behaviour.get("code"),
-                behaviour.get("headers"),
-            )
-        if behaviour.get("malformed"):
+        behaviour = state.script.next()
+        if (early := await behaviour.before_answering()) is not None:
+            return early
+        if behaviour.status is not None:
+            return _error(behaviour.status, behaviour.error, behaviour.error_type, behaviour.code, behaviour.headers)
+        if behaviour.malformed:
             return Response(b"<html>502 Bad Gateway</html>", media_type="application/json")
-        content = behaviour.get("content", f"Echo: {_last_user_text(body)}")
-        chunks = behaviour.get("chunks") or [word + " " for word in content.split(" ")[:-1]] + [content.split(" ")[-1]]
-        tool_calls = behaviour.get("tool_calls")
-        usage = {"prompt_tokens": 11, "completion_tokens": len(chunks), "total_tokens": 11 + len(chunks)}
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        finish = "tool_calls" if tool_calls else behaviour.get("finish_reason", "stop")
+        answer = _Answer(body, behaviour, state.model)
         if not body.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else content}
-            if tool_calls:
-                message["tool_calls"] = tool_calls
-            return JSONResponse(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": state.model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-                    "usage": usage,
-                    "system_fingerprint": "fp_emulator",
-                }
-            )
+            return JSONResponse(answer.completion())
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(
-            _stream(completion_id, created, state.model, chunks, tool_calls, finish, usage, include_usage, behaviour),
-            media_type="text/event-stream",
-        )
-
-    async def script(request: Request) -> Response:
-        items = await request.json()
-        state.script.extend(items if isinstance(items, list) else [items])
-        return JSONResponse({"queued": len(state.script)})
-
-    async def requests(request: Request) -> Response:
-        return JSONResponse(state.requests)
-
-    async def reset(request: Request) -> Response:
-        state.script.clear()
-        state.requests.clear()
-        return JSONResponse({"ok": True})
+        events = state.tracked(answer.events(include_usage, behaviour))
+        return StreamingResponse(events, media_type="text/event-stream")
 
     async def models(request: Request) -> Response:
         return JSONResponse(
@@ -144,68 +115,63 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models),
-            Route("/_emulator/script", script, methods=["POST"]),
-            Route("/_emulator/requests", requests),
-            Route("/_emulator/reset", reset, methods=["POST"]),
+            *control_routes(state),
         ]
     )
     app.state.emulator = state
     return app
 
 
-async def _stream(
-    completion_id: str,
-    created: int,
-    model: str,
-    chunks: list[str],
-    tool_calls: list[dict[str, Any]] | None,
-    finish: str,
-    usage: dict[str, int],
-    include_usage: bool,
-    behaviour: dict[str, Any],
-) -> AsyncIterator[bytes]:
-    def event(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
-        chunk = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
+class _Answer:
+    """One answer: its pieces, tool calls, finish reason and usage, and its two wire forms."""
+
+    def __init__(self, body: dict[str, Any], behaviour: OpenAIBehaviour, model: str) -> None:
+        self.model = model
+        self.pieces = behaviour.pieces(f"Echo: {_last_user_text(body)}")
+        self.tool_calls = behaviour.tool_calls
+        self.finish = "tool_calls" if self.tool_calls else behaviour.finish_reason
+        self.usage = {"prompt_tokens": 11, "completion_tokens": len(self.pieces),
+                      "total_tokens": 11 + len(self.pieces)}  # fmt: skip
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    def completion(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": None if self.tool_calls else "".join(self.pieces)}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish, "logprobs": None}],
+            "usage": self.usage,
             "system_fingerprint": "fp_emulator",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-            **extra,
         }
-        if include_usage:
-            chunk["usage"] = None
+
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                 "system_fingerprint": "fp_emulator", "choices": choices, **extra}  # fmt: skip
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
-    cut_after = behaviour.get("cut_after")
-    yield event({"role": "assistant", "content": "", "refusal": None})
-    for index, piece in enumerate(chunks if not tool_calls else []):
-        if cut_after is not None and index >= cut_after:
-            # Dropping the connection without the closing chunk is what a crashed upstream looks like.
-            # The pause lets the client read what was sent first: a reset that overtakes unread
-            # data makes the receiving kernel discard it.
-            await asyncio.sleep(0.2)
-            raise ConnectionResetError("emulated upstream crash")
-        if behaviour.get("chunk_delay_s"):
-            await asyncio.sleep(behaviour["chunk_delay_s"])
-        yield event({"content": piece})
-    if tool_calls:
-        for index, call in enumerate(tool_calls):
-            yield event({"tool_calls": [{"index": index, **call}]})
-    yield event({}, finish)
-    if include_usage:
-        final = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": "fp_emulator",
-            "choices": [],
-            "usage": usage,
-        }
-        yield b"data: " + json.dumps(final).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+    def _delta(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
+        return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra)
+
+    async def events(self, include_usage: bool, behaviour: OpenAIBehaviour) -> AsyncIterator[bytes]:
+        extra = {"usage": None} if include_usage else {}
+        yield self._delta({"role": "assistant", "content": "", "refusal": None}, **extra)
+        for index, piece in enumerate(self.pieces if not self.tool_calls else []):
+            if behaviour.cut_after is not None and index >= behaviour.cut_after:
+                await crash()
+            if behaviour.chunk_delay_s:
+                await asyncio.sleep(behaviour.chunk_delay_s)
+            yield self._delta({"content": piece}, **extra)
+        for index, call in enumerate(self.tool_calls or []):
+            yield self._delta({"tool_calls": [{"index": index, **call}]}, **extra)
+        yield self._delta({}, self.finish, **extra)
+        if include_usage:
+            yield self._event([], usage=self.usage)
+        yield b"data: [DONE]\n\n"
 
 
 def main() -> None:

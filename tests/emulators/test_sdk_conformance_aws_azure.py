@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -107,18 +107,31 @@ def state(bedrock_state: BedrockEmulatorState) -> BedrockEmulatorState:
     return bedrock_state
 
 
-def boto_client(url: str, secret: str = TEST_SECRET_KEY, key: str = TEST_ACCESS_KEY) -> Any:
-    return boto3.client(
-        "bedrock-runtime",
-        endpoint_url=url,
-        region_name=TEST_REGION,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
-    )
+@pytest.fixture
+def boto_client() -> Iterator[Callable[..., Any]]:
+    """Makes boto3 Bedrock Runtime clients, closed after the test (an open pool warns when collected)."""
+    clients: list[Any] = []
+
+    def make(url: str, secret: str = TEST_SECRET_KEY, key: str = TEST_ACCESS_KEY) -> Any:
+        client = boto3.client(
+            "bedrock-runtime",
+            endpoint_url=url,
+            region_name=TEST_REGION,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
 
 
-def test_boto3_converse_is_accepted_and_parsed(bedrock_url: str, state: BedrockEmulatorState) -> None:
+def test_boto3_converse_is_accepted_and_parsed(
+    boto_client: Callable[..., Any], bedrock_url: str, state: BedrockEmulatorState
+) -> None:
     response = boto_client(bedrock_url).converse(
         modelId=MODEL_ID,
         system=[{"text": "Be brief."}],
@@ -134,10 +147,10 @@ def test_boto3_converse_is_accepted_and_parsed(bedrock_url: str, state: BedrockE
 
 @pytest.mark.parametrize("behaviour", [{}, {"split": 4}, {"coalesce": True}])
 def test_boto3_converse_stream_parses_every_event(
-    bedrock_url: str, state: BedrockEmulatorState, behaviour: dict[str, Any]
+    boto_client: Callable[..., Any], bedrock_url: str, state: BedrockEmulatorState, behaviour: dict[str, Any]
 ) -> None:
     call = {"id": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}
-    state.script.append({"content": "Let me look.", "tool_calls": [call], **behaviour})
+    state.script.add({"content": "Let me look.", "tool_calls": [call], **behaviour})
     response = boto_client(bedrock_url).converse_stream(
         modelId=MODEL_ID,
         messages=[{"role": "user", "content": [{"text": "Weather?"}]}],
@@ -162,8 +175,10 @@ def test_boto3_converse_stream_parses_every_event(
     assert events[-1]["metadata"]["usage"]["outputTokens"] == 5 + 3
 
 
-def test_boto3_parses_tool_use_answers(bedrock_url: str, state: BedrockEmulatorState) -> None:
-    state.script.append({"tool_calls": [{"id": "t1", "name": "get_weather", "input": {"city": "Oslo"}}]})
+def test_boto3_parses_tool_use_answers(
+    boto_client: Callable[..., Any], bedrock_url: str, state: BedrockEmulatorState
+) -> None:
+    state.script.add({"tool_calls": [{"id": "t1", "name": "get_weather", "input": {"city": "Oslo"}}]})
     response = boto_client(bedrock_url).converse(modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "x"}]}],
         toolConfig={"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}}]})  # fmt: skip
     assert response["output"]["message"]["content"] == [
@@ -184,9 +199,9 @@ def test_boto3_parses_tool_use_answers(bedrock_url: str, state: BedrockEmulatorS
     ],
 )
 def test_boto3_reads_the_error_type_header(
-    bedrock_url: str, state: BedrockEmulatorState, error_type: str, status: int
+    boto_client: Callable[..., Any], bedrock_url: str, state: BedrockEmulatorState, error_type: str, status: int
 ) -> None:
-    state.script.append({"error_type": error_type, "message": "emulated"})
+    state.script.add({"error_type": error_type, "error": "emulated"})
     client = boto_client(bedrock_url)
     with pytest.raises(getattr(client.exceptions, error_type)) as caught:
         client.converse(modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "x"}]}])
@@ -194,15 +209,16 @@ def test_boto3_reads_the_error_type_header(
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
 
 
-def test_boto3_raises_exception_events_from_the_stream(bedrock_url: str, state: BedrockEmulatorState) -> None:
-    state.script.append(
-        {"content": "a b c", "exception": {"type": "throttlingException", "message": "slow", "after": 1}}
-    )
+def test_boto3_raises_exception_events_from_the_stream(
+    boto_client: Callable[..., Any], bedrock_url: str, state: BedrockEmulatorState
+) -> None:
+    state.script.add({"content": "a b c", "exception": {"type": "throttlingException", "message": "slow", "after": 1}})
     response = boto_client(bedrock_url).converse_stream(
         modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "x"}]}]
     )
     with pytest.raises(botocore.exceptions.EventStreamError) as caught:
         list(response["stream"])
+    response["stream"].close()
     assert caught.value.response["Error"]["Code"] == "throttlingException"
 
 
@@ -213,7 +229,9 @@ def test_boto3_raises_exception_events_from_the_stream(bedrock_url: str, state: 
         ("AKIAUNKNOWNKEY000000", TEST_SECRET_KEY, "UnrecognizedClientException"),
     ],
 )
-def test_the_emulator_rejects_bad_signatures(bedrock_url: str, key: str, secret: str, code: str) -> None:
+def test_the_emulator_rejects_bad_signatures(
+    boto_client: Callable[..., Any], bedrock_url: str, key: str, secret: str, code: str
+) -> None:
     client = boto_client(bedrock_url, secret=secret, key=key)
     with pytest.raises(botocore.exceptions.ClientError) as caught:
         client.converse(modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "x"}]}])
@@ -272,7 +290,7 @@ def converse_params(body: dict[str, Any]) -> dict[str, Any]:
     "tool_choice", [None, "auto", "required", "none", {"type": "function", "function": {"name": "get_weather"}}]
 )
 def test_our_converse_bodies_validate_and_serialise_as_botocore_would(tool_choice: object) -> None:
-    body = converse_body(rich_request(tool_choice=tool_choice), target="bedrock")
+    body = converse_body(rich_request(tool_choice=tool_choice))
     assert validate_converse(MODEL_ID, body) == []
     assert validate_converse(MODEL_ID, body, stream=True) == []
 
@@ -295,7 +313,7 @@ def test_our_converse_bodies_validate_and_serialise_as_botocore_would(tool_choic
     ids=["inferenceConfig", "maxTokens", "toolSpec", "text", "toolUse", "system"],
 )
 def test_the_service_model_check_fails_on_a_wrong_field_or_shape(mutate: Any) -> None:
-    body = converse_body(rich_request(), target="bedrock")
+    body = converse_body(rich_request())
     mutate(body)
     assert validate_converse(MODEL_ID, body) != []
 
@@ -340,7 +358,7 @@ def test_azure_sdk_parses_answers(azure_url: str, azure: AzureEmulatorState) -> 
 
 
 def test_azure_sdk_parses_streams_including_the_prompt_filter_chunk(azure_url: str, azure: AzureEmulatorState) -> None:
-    azure.script.append({"chunks": ["Hel", "lo"], "annotations": True})
+    azure.script.add({"chunks": ["Hel", "lo"], "annotations": True})
     with azure_client(azure_url, azure_ad_token=TEST_TOKEN) as client:
         chunks = list(
             client.chat.completions.create(
@@ -359,7 +377,7 @@ def test_azure_sdk_parses_streams_including_the_prompt_filter_chunk(azure_url: s
 
 def test_azure_sdk_parses_tool_calls_and_filtered_answers(azure_url: str, azure: AzureEmulatorState) -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
-    azure.script += [{"tool_calls": [call]}, {"content": "a b c", "content_filter": "completion"}]
+    azure.script.add({"tool_calls": [call]}, {"content": "a b c", "content_filter": "completion"})
     with azure_client(azure_url) as client:
         tools = client.chat.completions.create(
             model=TEST_DEPLOYMENT,
@@ -373,10 +391,10 @@ def test_azure_sdk_parses_tool_calls_and_filtered_answers(azure_url: str, azure:
 
 
 def test_azure_sdk_maps_the_emulators_errors(azure_url: str, azure: AzureEmulatorState) -> None:
-    azure.script += [
+    azure.script.add(
         {"status": 429, "error": "Please retry after 6 seconds.", "headers": {"retry-after": "6"}},
         {"content_filter": "prompt"},
-    ]
+    )
     messages = [{"role": "user", "content": "x"}]
     with azure_client(azure_url) as client:
         with pytest.raises(openai.RateLimitError) as limited:

@@ -216,7 +216,7 @@ def test_anthropic_sdk_stream_helper_accumulates_text_and_tool_input(
     claude: anthropic.Anthropic, anthropic_emulator: tuple[str, anthropic_server.EmulatorState]
 ) -> None:
     call = {"name": "get_weather", "input": {"city": "Paris"}, "id": "toolu_1"}
-    anthropic_state(anthropic_emulator).script.append({"content": "Checking now", "tool_calls": [call]})
+    anthropic_state(anthropic_emulator).script.add({"content": "Checking now", "tool_calls": [call]})
     with claude.messages.stream(
         model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": "weather?"}]
     ) as stream:
@@ -268,7 +268,7 @@ def test_anthropic_sdk_reads_error_bodies(
     behaviour: dict[str, Any],
     error: type[anthropic.APIStatusError],
 ) -> None:
-    anthropic_state(anthropic_emulator).script.append(behaviour)
+    anthropic_state(anthropic_emulator).script.add(behaviour)
     with pytest.raises(error) as caught:
         claude.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == behaviour["status"]
@@ -286,7 +286,9 @@ def test_anthropic_sdk_rejects_a_wrong_key_and_raises_on_a_stream_error_event(
         pytest.raises(anthropic.AuthenticationError),
     ):
         wrong.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    state.script.append({"content": "a b c", "error_event_after": 1, "error_type": "overloaded_error"})
+    state.script.add(
+        {"content": "a b c", "error_event_after": 1, "error_type": "overloaded_error", "error": "Overloaded"}
+    )
     events = []
     with pytest.raises(anthropic.APIStatusError) as caught:
         for event in claude.messages.create(
@@ -401,7 +403,7 @@ def test_genai_parses_an_answer_and_it_validates_strictly(gemini: genai.Client, 
 def test_genai_streams_text_and_function_calls(
     gemini: genai.Client, google_emulator: tuple[str, google_server.EmulatorState]
 ) -> None:
-    google_emulator[1].script.append(
+    google_emulator[1].script.add(
         {
             "content": "Let me see",
             "tool_calls": [{"name": "get_weather", "args": {"city": "Oslo"}, "thought_signature": "c2ln"}],
@@ -440,7 +442,7 @@ def test_sse_framing_and_json_array_stream_validate_strictly(google_url: str) ->
 def test_genai_reads_blocked_prompts_and_safety_stops(
     gemini: genai.Client, google_emulator: tuple[str, google_server.EmulatorState]
 ) -> None:
-    google_emulator[1].script.extend([{"block_reason": "SAFETY"}, {"finish_reason": "SAFETY", "content": ""}])
+    google_emulator[1].script.add({"block_reason": "SAFETY"}, {"finish_reason": "SAFETY", "content": ""})
     blocked = gemini.models.generate_content(model="gemini-2.5-flash", contents="x")
     assert blocked.prompt_feedback and blocked.prompt_feedback.block_reason == gtypes.BlockedReason.SAFETY
     withheld = gemini.models.generate_content(model="gemini-2.5-flash", contents="x")
@@ -462,7 +464,7 @@ def test_genai_reads_error_bodies(
     status: int,
     name: str,
 ) -> None:
-    google_emulator[1].script.append(behaviour)
+    google_emulator[1].script.add(behaviour)
     with pytest.raises(errors.APIError) as caught:
         gemini.models.generate_content(model="gemini-2.5-flash", contents="x")
     assert (caught.value.code, caught.value.status, caught.value.message) == (status, name, behaviour["error"])

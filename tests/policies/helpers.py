@@ -5,8 +5,7 @@ from typing import Any
 from router.backends.base import Capabilities, Readiness
 from router.chat import ChatRequest
 from router.classify.classifier import RequestClassifier
-from router.classify.personal_data import Span
-from router.features import Features, PersonalData
+from router.features import Features, PersonalData, Span
 from router.policies.base import RoutingContext, Tally, TargetView
 
 

@@ -1,0 +1,96 @@
+"""Which conversation a request belongs to, and where recent conversations were served.
+
+A conversation is named by the client's ``x-session-id`` header when it
+sends one, else by a hash of its opening: the system prompt and the first
+user turn stay the same for every later turn of one chat, while the turns
+after them grow. :class:`MemorySessions` keeps the target per conversation
+for a while; the shared stores (SQLite, Redis) will implement the same
+:class:`SessionStore` contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from router.chat import ChatRequest
+
+__all__ = ["MemorySessions", "SessionStore", "Stuck", "conversation_key"]
+
+SESSION_ID = "session_id"
+"""The ``ChatRequest.memo`` key the service stores a valid ``x-session-id`` under."""
+
+
+def conversation_key(request: ChatRequest) -> str:
+    """``id:<x-session-id>``, or ``opening:<hash>`` of the messages up to and including the first user turn."""
+    given = request.memo.get(SESSION_ID)
+    if isinstance(given, str) and given:
+        return f"id:{given}"
+    opening = []
+    for message in request.messages:
+        opening.append((message.role, message.text()))
+        if message.role == "user":
+            break
+    return "opening:" + hashlib.sha256(orjson.dumps(opening)).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Stuck:
+    """A conversation's target and when it was last served there (``time.monotonic``)."""
+
+    target: str
+    since: float
+
+
+class SessionStore(Protocol):
+    """Where conversations were escalated to, for a while."""
+
+    def get(self, key: str) -> Stuck | None: ...
+
+    def put(self, key: str, target: str) -> None: ...
+
+
+class MemorySessions:
+    """An in-process store: entries expire ``ttl_s`` after their last use; the oldest go past ``max_entries``.
+
+    >>> sessions = MemorySessions(ttl_s=60)
+    >>> sessions.put("opening:ab", "cloud")
+    >>> sessions.get("opening:ab").target
+    'cloud'
+    """
+
+    def __init__(
+        self, *, ttl_s: float, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, Stuck] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Stuck | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if self._clock() - entry.since > self.ttl_s:
+                del self._entries[key]
+                return None
+            return entry
+
+    def put(self, key: str, target: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = Stuck(target, self._clock())
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
