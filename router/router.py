@@ -159,6 +159,8 @@ class Router:
             raise ValueError("a router needs at least one target")
         self.backends = dict(backends)
         self.policies = list(policies)
+        # Found once here, not with an isinstance check per policy on every request.
+        self._observers = [policy for policy in self.policies if isinstance(policy, OutcomeObserver)]
         self.profiles = {name: (profiles or {}).get(name, TargetProfile()) for name in self.backends}
         self.classifier: Classifier = classifier or RequestClassifier()
         self.config_version = config_version
@@ -179,9 +181,8 @@ class Router:
 
     def observe_outcome(self, request: ChatRequest, target: str, ok: bool) -> None:
         """Tell the policies that learn from outcomes (``sticky``) where ``request`` was served."""
-        for policy in self.policies:
-            if isinstance(policy, OutcomeObserver):
-                policy.observe(request, target, ok)
+        for policy in self._observers:
+            policy.observe(request, target, ok)
 
     def observe_latency(self, target: str, milliseconds: float) -> None:
         """Feed an observed latency into the target's moving average."""

@@ -26,19 +26,27 @@ __all__ = ["MemorySessions", "SessionStore", "Stuck", "conversation_key"]
 
 SESSION_ID = "session_id"
 """The ``ChatRequest.memo`` key the service stores a valid ``x-session-id`` under."""
+_KEY = "conversation_key"
 
 
 def conversation_key(request: ChatRequest) -> str:
     """``id:<x-session-id>``, or ``opening:<hash>`` of the messages up to and including the first user turn."""
+    # Kept on the request: the sticky policy reads it when routing and again once the answer is in.
+    cached = request.memo.get(_KEY)
+    if isinstance(cached, str):
+        return cached
     given = request.memo.get(SESSION_ID)
     if isinstance(given, str) and given:
-        return f"id:{given}"
-    opening = []
-    for message in request.messages:
-        opening.append((message.role, message.text()))
-        if message.role == "user":
-            break
-    return "opening:" + hashlib.sha256(orjson.dumps(opening)).hexdigest()[:32]
+        key = f"id:{given}"
+    else:
+        opening = []
+        for message in request.messages:
+            opening.append((message.role, message.text()))
+            if message.role == "user":
+                break
+        key = "opening:" + hashlib.sha256(orjson.dumps(opening)).hexdigest()[:32]
+    request.memo[_KEY] = key
+    return key
 
 
 @dataclass(frozen=True, slots=True)

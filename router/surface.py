@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from router.chat import ChatRequest, Message
@@ -227,9 +227,3 @@ def _names_a_function(path: Path) -> bool:
     return (len(path) >= 2 and path[-2] in ("function", "function_call")) or (
         len(path) >= 3 and path[-3] == "functions"
     )
-
-
-def iter_paths(surface: Surface) -> Iterator[Path]:
-    """Every field's path, in order (tests and debugging)."""
-    for item in surface.fields:
-        yield item.path

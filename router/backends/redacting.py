@@ -202,10 +202,8 @@ class RedactingBackend(WrappingBackend):
         self.spans = tuple(spans)
         self.redactor = redactor or Redactor()
         # Credentials never go back into tool calls; other kinds only when allowed.
-        self._tool_withhold = CREDENTIAL_KINDS if restore_in_tool_arguments else frozenset(self._all_kinds())
-
-    def _all_kinds(self) -> set[str]:
-        return {span.kind for span in self.spans} | set(CREDENTIAL_KINDS)
+        every_kind = frozenset(span.kind for span in self.spans) | CREDENTIAL_KINDS
+        self._tool_withhold = CREDENTIAL_KINDS if restore_in_tool_arguments else every_kind
 
     def _outgoing(self, request: ChatRequest) -> ChatRequest:
         if self.redactor.tag in outgoing_surface(request).text:
@@ -242,9 +240,12 @@ class RedactingBackend(WrappingBackend):
 
     def _restorer(self, restorers: dict[tuple[int, str], StreamRestorer], key: tuple[int, str]) -> StreamRestorer:
         if key not in restorers:
-            withhold = self._tool_withhold if key[1].endswith(":arguments") else frozenset()
-            if key[1].endswith(":name"):
-                withhold = CREDENTIAL_KINDS
+            slot = key[1]
+            withhold = (
+                self._tool_withhold if slot.endswith(":arguments")
+                else CREDENTIAL_KINDS if slot.endswith(":name")
+                else frozenset()
+            )  # fmt: skip
             restorers[key] = StreamRestorer(self.redactor, withhold=withhold)
         return restorers[key]
 
