@@ -39,7 +39,7 @@ from edge_models.catalog import (
 )
 from edge_models.errors import EdgeModelError, MissingDependency, ModelNotFound
 
-__all__ = ["MANIFEST", "RECIPES", "BuildResult", "build_cli", "build_model", "locate_gguf"]
+__all__ = ["MANIFEST", "RECIPES", "BuildResult", "build_cli", "build_model", "export_onnx", "locate_gguf", "smoke_test"]
 
 MANIFEST = "build.json"
 
@@ -144,17 +144,19 @@ def build_model(
         recipe = RECIPES[precision]
         progress(f"[3/4] exporting ONNX ({precision}, {_describe(recipe)}) with onnxruntime_genai.models.builder")
         onnx_dir = work / "onnx"
-        _export(hf, work / "base" if recipe.exact_gguf else onnx_dir, precision, recipe.builder_options, work, progress)
+        export_onnx(
+            hf, work / "base" if recipe.exact_gguf else onnx_dir, precision, recipe.builder_options, work, progress
+        )
         if recipe.exact_gguf:
             progress("    exporting an fp32 reference and writing the GGUF's own 4-bit blocks back")
-            _export(hf, work / "fp32", "fp32", {}, work, progress)
+            export_onnx(hf, work / "fp32", "fp32", {}, work, progress)
             from edge_models.requantize import requantize_exact
 
             error = requantize_exact(work / "base", work / "fp32", onnx_dir, accuracy_level=recipe.accuracy_level)
             progress(f"    largest relative weight error against the GGUF: {error:.1e}")
 
         progress("[4/4] checking the model generates text")
-        sample = _smoke_test(onnx_dir)
+        sample = smoke_test(onnx_dir)
         progress(f"    'What is the capital of France?' -> {sample!r}")
 
         manifest = {
@@ -192,7 +194,10 @@ def _describe(recipe: Recipe) -> str:
     return options + (", exact GGUF blocks" if recipe.exact_gguf else "")
 
 
-def _export(hf: Path, out: Path, precision: str, options: Mapping[str, str], work: Path, progress: Progress) -> None:
+def export_onnx(
+    hf: Path, out: Path, precision: str, options: Mapping[str, str], work: Path, progress: Progress
+) -> None:
+    """``onnxruntime_genai.models.builder`` on a Hugging Face folder, in a subprocess."""
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out),
                "-p", precision, "-e", "cpu", "-c", str(work / "cache")]  # fmt: skip
     if options:
@@ -200,7 +205,8 @@ def _export(hf: Path, out: Path, precision: str, options: Mapping[str, str], wor
     _run(f"ONNX export ({precision})", command, work / f"builder-{out.name}.log", progress)
 
 
-def _smoke_test(folder: Path) -> str:
+def smoke_test(folder: Path) -> str:
+    """Load the model in ``folder`` and generate a few tokens; the text, or :class:`EdgeModelError`."""
     from edge_models.runtime import EdgeModel, SamplingOptions
 
     model = EdgeModel.load(folder)

@@ -23,6 +23,7 @@ __all__ = [
     "KNOWN_MODELS",
     "Precision",
     "default_models_dir",
+    "is_model_path",
     "model_dir",
     "resolve_model",
 ]
@@ -59,10 +60,21 @@ def model_dir(name: str, precision: Precision, models_dir: Path | None = None) -
     return (models_dir or default_models_dir()) / f"{name}-{precision}"
 
 
+def is_model_path(model: str) -> bool:
+    """Whether a config's ``model:`` is a path to a folder rather than a built model's name.
+
+    >>> is_model_path("smollm2-135m-instruct"), is_model_path("./models/phi3")
+    (False, True)
+    """
+    return model not in KNOWN_MODELS and (
+        Path(model).expanduser().is_absolute() or os.sep in model or model.startswith(".")
+    )
+
+
 def resolve_model(model: str, precision: Precision | None = None, models_dir: Path | None = None) -> Path:
     """The folder holding ``model``; :class:`ModelNotFound` says how to build it."""
     as_path = Path(model).expanduser()
-    if model not in KNOWN_MODELS and (as_path.is_absolute() or os.sep in model or model.startswith(".")):
+    if is_model_path(model):
         if not as_path.is_dir():
             raise ModelNotFound(f"model folder {as_path} does not exist")
         check_model_folder(as_path)

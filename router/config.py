@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge_models.catalog import is_model_path
+
 __all__ = [
     "TARGET_TYPES",
     "check_fallbacks",
@@ -284,8 +286,30 @@ class OnnxTargetConfig(_TargetCommon):
     repetition_penalty: Annotated[float, Field(gt=0)] = Field(
         default=1.0, description="Above 1 discourages small models from looping."
     )
+    distilled: bool = Field(
+        default=False,
+        description="Serve the promoted distilled version of this model from its registry, swapping live when it "
+        "changes (`hybrid-router distill promote|rollback`); the base model when none is promoted.",
+    )
+    registry: str | None = Field(
+        default=None,
+        description="With distilled: the folder of distilled versions (registry.json, v1/, v2/, ...); "
+        "default <models_dir>/distilled/<model>. Required when `model` is a path.",
+    )
+    registry_poll_s: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="With distilled: how often to check the registry for a promote or rollback."
+    )
     quality: Annotated[float, Field(ge=0, le=1)] = 0.3
     latency_ms: Annotated[float, Field(gt=0)] = 100.0
+
+    @model_validator(mode="after")
+    def _registry_known(self) -> OnnxTargetConfig:
+        if self.distilled and self.registry is None and is_model_path(self.model):
+            raise ValueError(
+                "distilled: true with a model path needs `registry:` (the folder holding registry.json and the "
+                "versions); only a built model name has a default registry"
+            )
+        return self
 
 
 class FakeTargetConfig(_TargetCommon):

@@ -19,6 +19,7 @@ re-raised as one of these ``from`` the original at the adapter boundary.
     ├── RateLimited                        429  rate_limit_exceeded
     ├── NoTargetAvailable                  503  no_target_available
     ├── GatewayOverloaded                  503  gateway_overloaded
+    ├── StateUnavailable                   503  state_unavailable
     └── BackendError                       502  upstream_error           retryable
         ├── BackendBusy                    503  backend_busy             retryable
         ├── CircuitOpen                    503  circuit_open             retryable
@@ -64,6 +65,7 @@ __all__ = [
     "PolicyViolation",
     "RateLimited",
     "RequestTimeout",
+    "StateUnavailable",
     "UnknownModel",
     "UpstreamAuthError",
     "UpstreamBadRequest",
@@ -205,6 +207,18 @@ class GatewayOverloaded(HybridRouterError):
     status_code = 503
     type = "service_unavailable"
     code = "gateway_overloaded"
+
+
+class StateUnavailable(HybridRouterError):
+    """The shared state store (the SQLite file, Redis) failed or did not answer in time.
+
+    Raised ``from`` the driver's error by :mod:`router.state`; whether a
+    request then fails closed or goes on unmetered is the caller's choice.
+    """
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "state_unavailable"
 
 
 class BackendError(HybridRouterError):

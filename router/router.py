@@ -16,26 +16,55 @@ together, so ``/v1/route`` and the response headers explain every choice.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from router.backends.base import Backend, Readiness
 from router.backends.cascade import CascadeBackend
 from router.backends.redacting import RedactingBackend
-from router.chat import ChatRequest
+from router.backends.versions import model_version
+from router.chat import ChatRequest, ChatResult
 from router.classify.base import Classifier
 from router.classify.classifier import RequestClassifier
 from router.config import check_fallbacks
 from router.errors import BackendBusy, ConfigError, HybridRouterError, NoTargetAvailable, PolicyViolation, UnknownModel
 from router.features import Features
-from router.policies.base import Cascade, OutcomeObserver, Policy, RoutingContext, Tally, TargetView, Verdict
+from router.policies.base import (
+    Cascade,
+    OutcomeObserver,
+    Policy,
+    RoutingContext,
+    ShadowObserver,
+    Tally,
+    TargetView,
+    Verdict,
+)
+from router.policies.distilled import answers_agree
 from router.resilience.failover import FailoverBackend
 
-__all__ = ["AUTO", "Decision", "FallbackStep", "Router", "TargetProfile", "TrailEntry", "describe_targets"]
+__all__ = [
+    "AUTO",
+    "Decision",
+    "FallbackStep",
+    "Router",
+    "ShadowReport",
+    "TargetProfile",
+    "TrailEntry",
+    "describe_targets",
+]
 
 AUTO = "auto"
+# Shadow requests in flight at once; more are skipped (counted), never queued behind client traffic.
+MAX_SHADOWS_IN_FLIGHT = 4
+
+log = logging.getLogger("hybrid_router.router")
+
+ShadowReport = Callable[[str, str, "ChatResult | None"], None]
+"""Called after each shadow request with (target, outcome: agree|disagree|error|skipped, the answer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +122,8 @@ class Decision:
     # Set when a required target could not serve and ``target`` is its fallback; the reason is a code.
     fallback_from: str | None = None
     fallback_reason: str = ""
+    # The chosen target's model version when it has versions ("base", "v3": a distilled edge model).
+    model_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -106,6 +137,8 @@ class Decision:
             "decision_ms": round(self.decision_ms, 3),
             "redact": self.redact,
         }
+        if self.model_version is not None:
+            out["model_version"] = self.model_version
         if self.cascade is not None:
             out["cascade"] = self.cascade.to_dict()
         if self.fallback:
@@ -161,6 +194,8 @@ class Router:
         self.policies = list(policies)
         # Found once here, not with an isinstance check per policy on every request.
         self._observers = [policy for policy in self.policies if isinstance(policy, OutcomeObserver)]
+        self._shadowers = [policy for policy in self.policies if isinstance(policy, ShadowObserver)]
+        self._shadows: set[asyncio.Task[None]] = set()
         self.profiles = {name: (profiles or {}).get(name, TargetProfile()) for name in self.backends}
         self.classifier: Classifier = classifier or RequestClassifier()
         self.config_version = config_version
@@ -183,6 +218,53 @@ class Router:
         """Tell the policies that learn from outcomes (``sticky``) where ``request`` was served."""
         for policy in self._observers:
             policy.observe(request, target, ok)
+
+    def observe_answer(
+        self, request: ChatRequest, served_by: str, answer: str, *, escalated: bool, report: ShadowReport | None = None
+    ) -> None:
+        """Offer a served answer to the policies that shadow-check answers; a shadow request runs in
+        the background, after the client has its answer, and its outcome goes back to the policy."""
+        for policy in self._shadowers:
+            target = policy.shadow_target(request, served_by, escalated)
+            if target is None or target not in self.backends:
+                continue
+            if len(self._shadows) >= MAX_SHADOWS_IN_FLIGHT:
+                if report is not None:
+                    report(target, "skipped", None)
+                continue
+            task = asyncio.get_running_loop().create_task(self._shadow(policy, request, target, answer, report))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self, policy: ShadowObserver, request: ChatRequest, target: str, answer: str, report: ShadowReport | None
+    ) -> None:
+        copy = request.model_copy(update={"stream": False, "stream_options": None})
+        try:
+            result = await self.backends[target].complete(copy)
+            choice = result.body["choices"][0]["message"]
+            text = choice.get("content") or ""
+        except (HybridRouterError, LookupError, TypeError) as exc:
+            # A failed shadow says nothing about the student: not counted against it.
+            log.info("shadow request to %s failed: %s", target, getattr(exc, "message", type(exc).__name__))
+            if report is not None:
+                report(target, "error", None)
+            return
+        agree = answers_agree(answer, text)
+        policy.record_shadow(request, agree)
+        if report is not None:
+            report(target, "agree" if agree else "disagree", result)
+
+    async def drain_shadows(self, timeout_s: float = 5.0) -> None:
+        """Let shadow requests in flight finish (a reload or shutdown), cancelling what is left after ``timeout_s``."""
+        pending = set(self._shadows)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
     def observe_latency(self, target: str, milliseconds: float) -> None:
         """Feed an observed latency into the target's moving average."""
@@ -249,7 +331,8 @@ class Router:
         return Decision(target, reason, by, features, trail, self.config_version, elapsed(), None, skipped, redact,
                         tally.restore_in_tool_arguments, cascade=cascade, fallback=fallback,
                         fallback_from=rescued.source if rescued else None,
-                        fallback_reason=rescued.code if rescued else "")  # fmt: skip
+                        fallback_reason=rescued.code if rescued else "",
+                        model_version=views[target].version)  # fmt: skip
 
     def _rescue(
         self, tally: Tally, views: Mapping[str, TargetView], error: _Unroutable, trail: list[TrailEntry]
@@ -312,6 +395,7 @@ def describe_targets(
     views = {}
     for name, backend in backends.items():
         profile = profiles.get(name, TargetProfile())
+        serving = model_version(backend)
         views[name] = TargetView(
             name=name,
             model=backend.model,
@@ -321,6 +405,8 @@ def describe_targets(
             price_output=profile.price_output,
             quality=profile.quality,
             latency_ms=(latency or {}).get(name, profile.latency_ms),
+            version=serving.version if serving else None,
+            student=serving.student if serving else None,
         )
     return views
 

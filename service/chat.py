@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from router.backends.base import Backend
 from router.backends.cascade import CascadeBackend, CascadeOutcome
-from router.chat import ChatChunk, ChatRequest, Usage
+from router.chat import ChatChunk, ChatRequest, ChatResult, Usage
 from router.errors import (
     HybridRouterError,
     InvalidRequest,
@@ -35,9 +35,13 @@ from router.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from router.features import Features
+from router.policies.distilled import DISTILLED_ROUTE, DistilledRoute
 from router.resilience.failover import FailoverBackend
-from router.router import Decision
+from router.router import Decision, ShadowReport
 from router.sessions import SESSION_ID
+from router.tasks import tag_task
+from service.capture import Answer, AnswerCollector
 from service.gateway import Gateway, Runtime
 from service.settings import LimitSettings
 from service.streaming import DONE, ClientGone, EventStreamResponse, cancel_on_disconnect, sse_event
@@ -235,6 +239,8 @@ class _Outcome:
     cascade: CascadeOutcome | None = None
     # "cloud->edge (upstream_rate_limited)" when a fallback target answered or was last tried.
     fallback: str | None = None
+    # The decision's features, for the capture of cloud answers (service/capture.py).
+    features: Features | None = None
 
 
 async def chat_completions(request: Request) -> Response:
@@ -277,6 +283,7 @@ async def _parse(request: Request, gateway: Runtime) -> ChatRequest:
     session = request.headers.get("x-session-id")
     if session and _REQUEST_ID.fullmatch(session):
         chat.memo[SESSION_ID] = session
+    tag_task(chat, request.headers.get("x-task"))
     return chat
 
 
@@ -285,6 +292,7 @@ async def _decide(request: Request, gateway: Runtime, chat: ChatRequest, outcome
     gateway.metrics.decision.observe(decision.decision_ms / 1000)
     request.state.route_headers = route_headers(decision, request_id)
     outcome.decided_by, outcome.reason = decision.decided_by, decision.reason
+    outcome.features = decision.features
     if decision.error is not None:
         raise decision.error
     assert decision.target is not None
@@ -313,6 +321,7 @@ async def _complete(
         _note_cascade(request, gateway, backend, outcome)
         _note_failover(request, gateway, backend, outcome)
     outcome.usage = result.usage
+    _capture(gateway, chat, outcome, Answer.from_completion(result.body))
     if result.first_token_s is not None:
         outcome.first_token_s = called - outcome.started + result.first_token_s
     return Response(orjson.dumps(result.body), media_type="application/json", headers=request.state.route_headers)
@@ -357,6 +366,8 @@ async def _events(
     request_id: str,
 ) -> AsyncIterator[bytes]:
     include_usage = chat.include_usage
+    # The answer as relayed, for capture; only while capture is on (it copies every piece).
+    collector = AnswerCollector() if gateway.capturer is not None else None
     try:
         chunk: ChatChunk | None = first
         while chunk is not None:
@@ -367,9 +378,13 @@ async def _events(
             else:
                 if outcome.first_token_s is None and _has_output(chunk):
                     outcome.first_token_s = time.perf_counter() - outcome.started
+                if collector is not None:
+                    collector.feed(chunk)
                 yield sse_event(chunk)
             async with asyncio.timeout_at(deadline):
                 chunk = await anext(chunks, None)
+        if collector is not None:
+            _capture(gateway, chat, outcome, collector.answer())
     except TimeoutError:
         error: HybridRouterError = UpstreamTimeout("The stream did not finish within its deadline.")
         outcome.status, outcome.error = error.status_code, error.code
@@ -427,6 +442,33 @@ def _note_fallback(request: Request, gateway: Runtime, outcome: _Outcome, source
     note = f"{source}->{to} ({reason})"
     outcome.fallback = note if outcome.fallback is None else f"{outcome.fallback}; {note}"
     gateway.metrics.fallbacks.labels(source, to, reason).inc()
+
+
+def _capture(gateway: Runtime, chat: ChatRequest, outcome: _Outcome, answer: Answer) -> None:
+    """Offer a finished answer to distill.capture (it decides, stores in the background and never raises),
+    and to the policies that check answers in shadow (``distilled``: off the client's path)."""
+    if answer.finish_reason == "stop" and answer.text is not None:
+        escalated = outcome.cascade is not None and outcome.cascade.escalated
+        gateway.router.observe_answer(chat, outcome.target, answer.text, escalated=escalated,
+                                      report=_shadow_report(gateway, chat))  # fmt: skip
+    if gateway.capturer is not None:
+        # Client keys carry no label yet, so no request names its tenant.
+        gateway.capturer.consider(chat, answer, target=outcome.target, features=outcome.features, tenant=None)
+
+
+def _shadow_report(gateway: Runtime, chat: ChatRequest) -> ShadowReport:
+    route = chat.memo.get(DISTILLED_ROUTE)
+    label = route.route if isinstance(route, DistilledRoute) else "none"
+
+    def report(target: str, outcome: str, result: ChatResult | None) -> None:
+        gateway.metrics.distill_shadow.labels(label, outcome).inc()
+        if result is not None:
+            # A shadow answer is paid for like any other.
+            profile = gateway.router.profiles[target]
+            gateway.metrics.record_usage(target, result.usage, price_input=profile.price_input,
+                                         price_output=profile.price_output)  # fmt: skip
+
+    return report
 
 
 def _has_output(chunk: ChatChunk) -> bool:

@@ -6,6 +6,7 @@
     hybrid-router auth hash KEY
     hybrid-router edge build [--precision P] [--out DIR] [--force]
     hybrid-router router train | eval | calibrate ...   (see router/training/cli.py)
+    hybrid-router distill data stats | purge ...       (see edge_models/distill/cli.py)
 
 Each subcommand imports what it needs when it runs, so ``--help`` is instant
 and ``edge build`` alone pulls in the build-only dependencies.
@@ -18,6 +19,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from router.errors import ConfigError, HybridRouterError
 
@@ -97,6 +99,13 @@ def _edge_build(args: argparse.Namespace) -> int:
     return build_cli(precision=args.precision, out=args.out, force=args.force)
 
 
+def _capture_dir(config: str | None) -> Path:
+    """``distill.capture.dir`` of ``config`` (default: as ``serve`` finds it), env overrides included."""
+    from service.settings import load_settings
+
+    return load_settings(config).distill.capture.dir
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybrid-router", description="Hybrid edge-cloud LLM gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     from router.training.cli import add_router_commands
 
     add_router_commands(commands)
+
+    from edge_models.distill.cli import add_distill_commands
+
+    add_distill_commands(commands, resolve_data_dir=_capture_dir)
     return parser
 
 

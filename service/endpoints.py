@@ -7,7 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from router.backends.base import Readiness
+from router.backends.base import Backend, Readiness
+from router.backends.versions import model_version
 from service.gateway import Runtime
 
 __all__ = ["healthz", "list_models", "metrics", "readyz"]
@@ -34,9 +35,18 @@ async def list_models(request: Request) -> Response:
                 "local": backend.capabilities.local,
                 "ready": state.can_serve,
                 "aliases": list(gateway.router.profiles[name].aliases),
+                **_version_fields(backend),
             }
         )
     return _json({"object": "list", "data": data})
+
+
+def _version_fields(backend: Backend) -> dict[str, object]:
+    """The serving version of a target that has versions ("base", or a distilled "v3" and its parent)."""
+    serving = model_version(backend)
+    if serving is None:
+        return {}
+    return {"version": serving.version, "parent": serving.parent}
 
 
 async def healthz(request: Request) -> Response:

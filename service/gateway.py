@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from router.backends.base import Backend
 from router.backends.registry import create_backend
+from router.backends.versions import VersionedBackend
 from router.chat import ChatRequest
 from router.classify.build import KNOWN_NEEDS, ClassifierPlan, ConfiguredClassifier, plan_classifier
 from router.errors import ConfigError, HybridRouterError
@@ -39,7 +40,9 @@ from router.resilience.guarded import guard
 from router.router import Router, TargetProfile, describe_targets
 from router.tokens import EstimateCounter, TokenCounter
 from service.auth import KeyChecker, startup_problems
-from service.metrics import BackendStatsCollector, GatewayMetrics
+from service.capture import CapturePool, Capturer, LazyDetector
+from service.distill_auto import AutoDistiller
+from service.metrics import BackendStatsCollector, DistillHealthCollector, GatewayMetrics
 from service.settings import ConfigSource, Settings, keep_restart_only
 
 __all__ = ["Gateway", "LocalModelCounter", "ReloadResult", "Runtime"]
@@ -79,6 +82,8 @@ class Runtime:
     backend_keys: Mapping[str, Key]
     users: int = 0
     idle: asyncio.Event = field(default_factory=_idle)
+    # distill.capture for this config; None while it is off (the default).
+    capturer: Capturer | None = None
 
     @property
     def backends(self) -> Mapping[str, Backend]:
@@ -138,6 +143,10 @@ class Gateway:
         self._backend_options = backend_options or {}
         self._backends: _Shared[Backend] = _Shared()
         self._classifiers: _Shared[ConfiguredClassifier] = _Shared()
+        # Dataset stores and the capture writer thread outlive configs, like the metrics.
+        self._capture = CapturePool()
+        # distill.auto: read at start-up (a reload does not start or stop it).
+        self._auto: AutoDistiller | None = None
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
         registry = registry if registry is not None else CollectorRegistry()
@@ -152,6 +161,7 @@ class Gateway:
         self._runtime = self._assemble(settings, backends, keys)
         self._hold_parts(self._runtime)
         registry.register(BackendStatsCollector(lambda: self.backends))
+        registry.register(DistillHealthCollector(lambda: self.router.policies))
         self.metrics.config.info({"version": settings.config_version})
 
     @classmethod
@@ -195,14 +205,22 @@ class Gateway:
             runtime = self._runtime
             await asyncio.gather(*(backend.start() for backend in runtime.backends.values()))
             await asyncio.to_thread(runtime.classifier.start)
+            self._auto = _auto_distiller(runtime, self.metrics)
+            if self._auto is not None:
+                self._auto.start()
         for name, backend in runtime.backends.items():
             state = backend.readiness()
             log.info("target %s: %s", name, state.reason, extra={"target": name, "ready": state.ready})
 
     async def aclose(self) -> None:
+        if self._auto is not None:
+            await self._auto.aclose()
+        # Shadow checks in flight (the distilled policy) get a moment to finish before the targets close.
+        await self.router.drain_shadows()
         for task in self._draining:
             task.cancel()
         await asyncio.gather(*self._draining, return_exceptions=True)
+        await asyncio.to_thread(self._capture.close)
         for _, classifier in self._classifiers.drain():
             classifier.close()
         await _close_backends((name, backend) for (name, _), backend in self._backends.drain())
@@ -231,6 +249,8 @@ class Gateway:
                 return ReloadResult(False, running.config_version, error=message, changed=False)
         self.metrics.record_reload(result.version, ok=True)
         _log_applied(running, result, trigger)
+        # A distilled edge model re-reads its registry now, not at its next poll (router/backends/edge.py).
+        await _refresh_models(self.backends)
         return result
 
     async def _load(self) -> Settings:
@@ -322,7 +342,13 @@ class Gateway:
             config_version=settings.config_version,
         )
         auth = KeyChecker.from_settings(settings.auth, self._environ)
-        return Runtime(settings, router, classifier, auth, self.metrics, keys)
+        capturer = self._capture.capturer(
+            settings.distill.capture,
+            detector=LazyDetector(lambda: classifier.loaded.detector),
+            local_targets={name for name, backend in backends.items() if backend.capabilities.local},
+            count=self.metrics.record_capture,
+        )
+        return Runtime(settings, router, classifier, auth, self.metrics, keys, capturer=capturer)
 
     def _hold_parts(self, runtime: Runtime) -> None:
         for name, key in runtime.backend_keys.items():
@@ -344,6 +370,7 @@ class Gateway:
                 "closing config %s's unused targets with %d requests still on them, past their deadline",
                 runtime.config_version, runtime.users,
             )  # fmt: skip
+        await runtime.router.drain_shadows()
         unused = []
         for name, key in runtime.backend_keys.items():
             backend = self._backends.release(key)
@@ -355,6 +382,20 @@ class Gateway:
         await _close_backends(unused)
         if unused:
             log.info("closed targets only the previous config used: %s", ", ".join(name for name, _ in unused))
+
+
+def _auto_distiller(runtime: Runtime, metrics: GatewayMetrics) -> AutoDistiller | None:
+    """distill.auto's scheduler over the capture folder and the distilled edge target's registry."""
+    auto = runtime.settings.distill.auto
+    if not auto.enabled:
+        return None
+    targets = {name: b for name, b in runtime.backends.items() if getattr(b, "registry", None) is not None}
+    name = auto.target or next(iter(targets), None)
+    if name is None or name not in targets:
+        raise ConfigError("distill.auto: needs an onnx target with `distilled: true` (or distill.auto.target)")
+    registry = targets[name].registry  # type: ignore[attr-defined]
+    return AutoDistiller(auto, data_dir=runtime.settings.distill.capture.dir, registry_dir=registry.root,
+                         count=metrics.record_cycle)  # fmt: skip
 
 
 class _Shared(Generic[T]):
@@ -426,6 +467,14 @@ async def _start_backends(backends: Mapping[str, Backend]) -> None:
             raise ConfigError(f"targets.{name}: did not start: {type(result).__name__}: {result}") from result
         if isinstance(result, BaseException):
             raise result
+
+
+async def _refresh_models(backends: Mapping[str, Backend]) -> None:
+    versioned = [(name, backend) for name, backend in backends.items() if isinstance(backend, VersionedBackend)]
+    results = await asyncio.gather(*(backend.refresh() for _, backend in versioned), return_exceptions=True)
+    for (name, _), result in zip(versioned, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("target %s: could not re-read its model registry", name, exc_info=result)
 
 
 async def _close_backends(backends: Iterable[tuple[str, Backend]]) -> None:

@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from router.backends.base import Backend
 from router.backends.cascade import CascadeOutcome
+from router.backends.versions import VersionedBackend
 from router.chat import Usage
 from router.resilience import STATE_VALUES, GuardedBackend
 
-__all__ = ["BackendStatsCollector", "GatewayMetrics"]
+__all__ = ["BackendStatsCollector", "DistillHealthCollector", "GatewayMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -101,11 +102,34 @@ class GatewayMetrics:
         for result in ("ok", "rejected"):
             self.config_reloads.labels(result)
         self.config_reload_ok.set(1)
+        # Outcomes of distill.capture (service/capture.py: stored, duplicate, full, sampled_out, ...).
+        self.distill_capture = Counter(
+            p + "distill_capture", "Cloud answers considered for the distillation dataset, by outcome.",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+
+        # The distilled policy's shadow checks: the student's kept answers asked again of the cloud.
+        self.distill_shadow = Counter(
+            p + "distill_shadow", "Shadow checks of distilled answers against the cloud, by outcome.",
+            ["route", "outcome"], registry=registry,
+        )  # fmt: skip
+
+        self.distill_cycles = Counter(
+            p + "distill_cycles", "distill.auto cycles by outcome: promoted, kept (judged not better), failed.",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+
+    def record_cycle(self, outcome: str) -> None:
+        self.distill_cycles.labels(outcome).inc()
 
     def record_reload(self, version: str, *, ok: bool) -> None:
         self.config_reloads.labels("ok" if ok else "rejected").inc()
         self.config_reload_ok.set(1 if ok else 0)
         self.config.info({"version": version})
+
+    def record_capture(self, outcome: str) -> None:
+        """One cloud answer considered for capture and what became of it (a ``Capturer`` observer)."""
+        self.distill_capture.labels(outcome).inc()
 
     def record_attempt(self, target: str, outcome: str) -> None:
         """One upstream call and how it ended (a :class:`~router.resilience.GuardedBackend` observer)."""
@@ -144,11 +168,24 @@ class BackendStatsCollector(Collector):
         circuit = GaugeMetricFamily(
             "hybrid_router_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", labels=["target"]
         )
+        # Read at scrape time, so a swapped-out version's label set is gone with it.
+        version = GaugeMetricFamily(
+            "hybrid_router_edge_model_info", "The model version a target serves now (base, v3, ...): 1.",
+            labels=["target", "version"],
+        )  # fmt: skip
+        swaps = CounterMetricFamily(
+            "hybrid_router_edge_model_swaps", "Live model swaps by outcome; failed: the previous version kept serving.",
+            labels=["target", "outcome"],
+        )  # fmt: skip
         stats: dict[str, GaugeMetricFamily] = {}
         for name, backend in self._backends().items():
             ready.add_metric([name], 1.0 if backend.readiness().can_serve else 0.0)
             if isinstance(backend, GuardedBackend) and backend.circuit is not None:
                 circuit.add_metric([name], float(STATE_VALUES[backend.circuit.state]))
+            if isinstance(backend, VersionedBackend) and (serving := backend.model_version()) is not None:
+                version.add_metric([name, serving.version], 1.0)
+                for outcome, count in backend.swap_counts().items():
+                    swaps.add_metric([name, outcome], float(count))
             for key, value in backend.stats().items():
                 family = stats.get(key)
                 if family is None:
@@ -158,4 +195,40 @@ class BackendStatsCollector(Collector):
                 family.add_metric([name], float(value))
         yield ready
         yield circuit
+        yield version
+        yield swaps
         yield from stats.values()
+
+
+class DistillHealthCollector(Collector):
+    """The ``distilled`` policy's live agreement with the cloud, per route and student version, at scrape time."""
+
+    def __init__(self, policies: Callable[[], Iterable[object]]) -> None:
+        self._policies = policies
+
+    def collect(self) -> Iterable[Metric]:
+        agreement = GaugeMetricFamily(
+            "hybrid_router_distill_agreement",
+            "Share of shadow-checked student answers the cloud agreed with, over the policy's window.",
+            labels=["route", "version"],
+        )
+        samples = GaugeMetricFamily(
+            "hybrid_router_distill_agreement_samples", "Shadow checks in the agreement window.",
+            labels=["route", "version"],
+        )  # fmt: skip
+        drifted = GaugeMetricFamily(
+            "hybrid_router_distill_drifted", "1 when the route went back to the cloud on drift.",
+            labels=["route", "version"],
+        )  # fmt: skip
+        for policy in self._policies():
+            health = getattr(policy, "health", None)
+            if not callable(health):
+                continue
+            for (route, version), state in health().items():
+                if state["agreement"] is not None:
+                    agreement.add_metric([route, version], float(state["agreement"]))
+                samples.add_metric([route, version], float(state["samples"]))
+                drifted.add_metric([route, version], 1.0 if state["drifted"] else 0.0)
+        yield agreement
+        yield samples
+        yield drifted

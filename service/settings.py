@@ -27,12 +27,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from router.config import TARGET_TYPES, ClassifierConfig, RouterConfig, TargetConfig
 from router.errors import ConfigError
+from service.capture import CaptureSettings
 
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG_PATH",
     "AuthSettings",
     "ConfigSource",
+    "DistillSettings",
     "LimitSettings",
     "LoggingSettings",
     "ServerSettings",
@@ -144,6 +146,30 @@ class LimitSettings(_Section):
     )
 
 
+class AutoSettings(_Section):
+    """``distill.auto``: when to train and promote without an operator (service/distill_auto.py)."""
+
+    enabled: bool = Field(default=False, description="Run the loop on a schedule (train, judge, promote).")
+    check_every_s: Annotated[float, Field(gt=0)] = Field(default=3600.0, description="How often to look.")
+    min_new_rows: Annotated[int, Field(ge=1)] = Field(
+        default=1000, description="Train once the store holds this many training rows more than the last cycle."
+    )
+    time_budget_s: Annotated[float, Field(gt=0)] = Field(default=1800.0, description="Training time per cycle.")
+    promote: bool = Field(default=True, description="Promote a student that wins; false: train and judge only.")
+    target: str | None = Field(default=None, description="The distilled edge target; default: the first one.")
+
+
+class DistillSettings(_Section):
+    """The distillation loop (docs/architecture.md, "Distillation"): ``capture`` keeps cloud answers as rows.
+
+    >>> DistillSettings().capture.enabled
+    False
+    """
+
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    auto: AutoSettings = Field(default_factory=AutoSettings)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_prompts: bool = Field(
@@ -175,6 +201,7 @@ class Settings(BaseSettings):
     targets: dict[str, TargetConfig]
     policies: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "explicit"}])
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    distill: DistillSettings = Field(default_factory=DistillSettings)
 
     @classmethod
     def settings_customise_sources(

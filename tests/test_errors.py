@@ -24,7 +24,7 @@ EXPECTED_STATUS = {
     "BackendError": 502, "BackendBusy": 503, "UpstreamTimeout": 504, "UpstreamConnectError": 502,
     "UpstreamRateLimited": 429, "UpstreamAuthError": 502, "UpstreamBadRequest": 400, "ContentFiltered": 400,
     "UpstreamProtocolError": 502, "RequestTimeout": 408, "HeadersTooLarge": 431, "GatewayOverloaded": 503,
-    "CircuitOpen": 503,
+    "CircuitOpen": 503, "StateUnavailable": 503,
 }  # fmt: skip
 
 

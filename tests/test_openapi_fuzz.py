@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 from collections.abc import Iterator
 
 import aiohttp
@@ -88,9 +89,12 @@ def close_orphaned_sessions() -> None:
     their pools close) one adapter pool is started a second time on the portal's loop
     and never closed; left to the garbage collector it fails whichever test runs next.
     """
-    for thing in gc.get_objects():
-        if isinstance(thing, aiohttp.ClientSession) and not thing.closed:
-            asyncio.run(thing.close())
+    # The heap holds whatever other tests imported (torch's deprecated shims warn on isinstance).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        orphans = [t for t in gc.get_objects() if isinstance(t, aiohttp.ClientSession) and not t.closed]
+    for session in orphans:
+        asyncio.run(session.close())
 
 
 OPERATIONS = [

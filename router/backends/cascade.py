@@ -41,12 +41,16 @@ from router.backends.base import Backend
 from router.backends.wrapping import WrappingBackend
 from router.chat import ChatChunk, ChatRequest, ChatResult, ChunkMaker, Usage
 
-__all__ = ["WANT_TOKEN_LOGPROBS", "CascadeBackend", "CascadeOutcome", "Signal", "confidence", "replay"]
+__all__ = ["SERVE_GREEDY", "WANT_TOKEN_LOGPROBS", "CascadeBackend", "CascadeOutcome", "Signal", "confidence", "replay"]
 
 WANT_TOKEN_LOGPROBS = "want_token_logprobs"
 """Key in :attr:`ChatRequest.memo`: set, a backend that can report its answer's
 token log-probabilities (:attr:`ChatResult.token_logprobs`) does; they cost the
 edge a logits copy per decode step, so only a cascade asks."""
+
+SERVE_GREEDY = "serve_greedy"
+"""Key in :attr:`ChatRequest.memo`: set, a local backend decodes greedily when the request sets no
+``temperature``: a distilled student's confidence gate was calibrated on its greedy answers."""
 
 Signal = Literal["mean", "min"]
 

@@ -6,25 +6,45 @@ backend reports itself *busy*, so the router spills requests to another
 allowed target, or answers 503 with ``Retry-After``. Closing a stream (the
 client left) cancels its generation before the next decode step and frees
 the slot as soon as the worker thread returns.
+
+With ``distilled: true`` the target serves the version of its model that the
+distillation registry points at (``hybrid-router distill promote|rollback``,
+edge_models/distill/registry.py) and swaps live when the pointer changes: the
+new model is loaded beside the old one in a worker thread and smoke-tested,
+then one assignment makes it the :class:`LoadedModel` that new requests take.
+A request takes the serving one once, at its start, so generations already
+running finish on the old model, which is freed when the last of them ends. A
+model that fails to load or to answer the smoke test is never served; the old
+one keeps serving, and readiness and the metrics say so.
+
+A distilled model learned a route's fixed system prompt as a short alias
+(edge_models/distill/prefix.py): every request it serves, and every token count
+made for it, sees the alias in place of the prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_models.catalog import KNOWN_MODELS, resolve_model
-from edge_models.errors import EdgeModelError, GenerationError, PromptTooLong
+from edge_models.distill.manifest import StudentManifest
+from edge_models.distill.prefix import student_messages
+from edge_models.distill.registry import Registry, default_registry_dir
+from edge_models.errors import EdgeModelError, GenerationError, ModelInvalid, PromptTooLong
 from edge_models.runtime import ChatMessage, EdgeModel, Generation, SamplingOptions, default_threads
 from router.backends.base import Capabilities, Readiness
-from router.backends.cascade import WANT_TOKEN_LOGPROBS
+from router.backends.cascade import SERVE_GREEDY, WANT_TOKEN_LOGPROBS
+from router.backends.versions import ModelVersion, StudentCard, SwapResult
 from router.chat import (
     ChatChunk,
     ChatRequest,
@@ -36,9 +56,19 @@ from router.chat import (
 from router.config import OnnxTargetConfig
 from router.errors import BackendBusy, BackendError, ConfigError, ContextLengthExceeded
 
-__all__ = ["EdgeBackend", "EdgeTokenCounter", "to_chat_messages"]
+__all__ = ["BASE", "EdgeBackend", "EdgeTokenCounter", "LoadedModel", "smoke_test", "to_chat_messages"]
+
+log = logging.getLogger("hybrid_router.edge")
+
+BASE = "base"
+"""The version name of the configured model itself, when no distilled version serves."""
+
+PROMPT_IDS = "edge_prompt_ids"
+"""Key in :attr:`ChatRequest.memo`: ``(model folder, prompt ids)``, shared by the token count and the generation."""
 
 _END = object()
+_SMOKE_PROMPT: list[ChatMessage] = [{"role": "user", "content": "Say hello."}]
+_SMOKE_TOKENS = 4
 
 
 def to_chat_messages(request: ChatRequest) -> list[ChatMessage]:
@@ -56,26 +86,82 @@ def to_chat_messages(request: ChatRequest) -> list[ChatMessage]:
 
 
 class EdgeTokenCounter:
-    """Counts a request's tokens exactly as the edge model will see them (template included)."""
+    """Counts a request's tokens exactly as the edge model will see them (template and prompt aliases included).
 
-    def __init__(self, model: EdgeModel, label: str) -> None:
+    The ids are kept in the request's memo under ``key`` (the model's folder), so the
+    generation reuses them, and a swap between counting and generating re-encodes
+    for the model that generates.
+    """
+
+    def __init__(self, model: EdgeModel, label: str, aliases: Mapping[str, str] | None = None, key: str = "") -> None:
         self.model = model
         self.name = f"tokenizer:{label}"
+        self.aliases = dict(aliases or {})
+        self.key = key or str(model.folder)
 
     def count(self, request: ChatRequest) -> int:
-        return len(prompt_ids(self.model, request))
+        return len(self.prompt_ids(request))
+
+    def prompt_ids(self, request: ChatRequest) -> Any:
+        cached = request.memo.get(PROMPT_IDS)
+        if cached is not None and cached[0] == self.key:
+            return cached[1]
+        messages = to_chat_messages(request)
+        if self.aliases:
+            messages = [{k: str(v) for k, v in m.items()} for m in student_messages(messages, self.aliases)]
+        ids = self.model.encode_chat(messages)
+        request.memo[PROMPT_IDS] = (self.key, ids)
+        return ids
 
 
-def prompt_ids(model: EdgeModel, request: ChatRequest) -> Any:
-    # Encoded once per request: the token counter and the generation share it.
-    ids = request.memo.get("edge_prompt_ids")
-    if ids is None:
-        ids = request.memo["edge_prompt_ids"] = model.encode_chat(to_chat_messages(request))
-    return ids
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """One loaded version of the edge model, whole: what a request takes at its start and keeps to its end."""
+
+    engine: EdgeModel
+    folder: Path
+    # BASE, or the distilled version's name ("v3").
+    version: str
+    manifest: StudentManifest | None
+    counter: EdgeTokenCounter
+    # Fixed system prompt hash -> the alias this model was trained on (empty for the base model).
+    aliases: Mapping[str, str]
+    served: ModelVersion
+
+
+def smoke_test(engine: EdgeModel) -> None:
+    """Greedy-generate a few tokens from a short prompt; :class:`ModelInvalid` unless text comes and it finishes."""
+    try:
+        generation = engine.generate(engine.encode_chat(_SMOKE_PROMPT), SamplingOptions(_SMOKE_TOKENS))
+        text = "".join(generation)
+    except EdgeModelError as exc:
+        raise ModelInvalid(f"smoke test failed: {exc}") from exc
+    if not text.strip() or generation.finish_reason is None:
+        raise ModelInvalid(f"smoke test failed: {_SMOKE_TOKENS} greedy tokens gave no text ({text!r})")
+
+
+def _student_card(version: str, manifest: StudentManifest) -> StudentCard:
+    gate = manifest.gate
+    metrics = manifest.metrics
+    # `distill eval` records the holdout report (exact_match) under "holdout".
+    holdout = metrics.get("holdout")
+    accuracy = metrics.get("holdout_accuracy", holdout.get("exact_match") if isinstance(holdout, Mapping) else None)
+    return StudentCard(
+        version=version,
+        tasks=frozenset(manifest.tasks),
+        prompt_hashes=frozenset(manifest.prompt_aliases),
+        gate_threshold=gate.threshold if gate else None,
+        gate_signal=gate.signal if gate else None,
+        holdout_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None,
+        gate_coverage=gate.coverage if gate else None,
+    )
 
 
 class EdgeBackend:
-    """Runs requests on the local ONNX GenAI model."""
+    """Runs requests on the local ONNX GenAI model, or on its promoted distilled version (``distilled: true``).
+
+    ``loader(folder, threads)`` loads a model (default :meth:`EdgeModel.load`); tests pass one.
+    """
 
     def __init__(
         self,
@@ -88,50 +174,198 @@ class EdgeBackend:
         self.name = name
         self.config = config
         cores = cores or default_threads()
+        models_dir = Path(config.models_dir).expanduser() if config.models_dir else None
         try:
-            self.folder = resolve_model(
-                config.model, config.precision, Path(config.models_dir) if config.models_dir else None
-            )
+            self.folder = resolve_model(config.model, config.precision, models_dir)
         except EdgeModelError as exc:
             raise ConfigError(f"targets.{name}.model: {exc}") from exc
         self.model = config.model if config.model in KNOWN_MODELS else self.folder.name
+        self.registry: Registry | None = None
+        if config.distilled:
+            root = Path(config.registry).expanduser() if config.registry else None
+            self.registry = Registry(root or default_registry_dir(config.model, models_dir))
         self.max_concurrency = config.max_concurrency or max(1, cores // 2)
         self.threads = config.threads or max(1, cores // self.max_concurrency)
         self._loader = loader or (lambda folder, threads: EdgeModel.load(folder, threads=threads))
-        self._engine: EdgeModel | None = None
+        self._loaded: LoadedModel | None = None
+        # Why the registry's version is not the one serving (it failed to load or its smoke test).
+        self._problem: str | None = None
+        self._swaps = {"ok": 0, "failed": 0}
+        self._swap_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._executor: ThreadPoolExecutor | None = None
         self._active = 0
         self._waiting = 0
         self._seconds_per_request = 2.0
-        self.token_counter: EdgeTokenCounter | None = None
 
     @property
     def capabilities(self) -> Capabilities:
-        window = self.config.context_window or (self._engine.context_length if self._engine else None)
+        window = self.config.context_window or (self._loaded.engine.context_length if self._loaded else None)
         return Capabilities(tools=False, json_schema=False, images=False, context_window=window, local=True)
 
+    @property
+    def token_counter(self) -> EdgeTokenCounter | None:
+        """The serving model's counter: it changes with a swap."""
+        return self._loaded.counter if self._loaded else None
+
     async def start(self) -> None:
-        if self._engine is not None:
+        if self._loaded is not None:
             return
+        pointer = await asyncio.to_thread(self._pointer)
+        self._loaded = await self._first_model()
+        self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix=f"{self.name}-gen")
+        if self.registry is not None:
+            self._watcher = asyncio.create_task(self._watch(pointer), name=f"{self.name}-registry")
+
+    async def _first_model(self) -> LoadedModel:
+        """The registry's version when distilled and it loads and answers; else the configured model."""
+        if self.registry is not None:
+            version = None
+            try:
+                version = await asyncio.to_thread(self.registry.current)
+                if version is not None:
+                    return await asyncio.to_thread(self._load, self.registry.folder(version), True)
+            except Exception as exc:  # noqa: BLE001 - whatever a new version does, the base model serves; logged
+                self._failed(version, exc)
         try:
-            self._engine = await asyncio.to_thread(self._loader, self.folder, self.threads)
+            return await asyncio.to_thread(self._load, None, False)
         except EdgeModelError as exc:
             raise ConfigError(f"targets.{self.name}: {exc}") from exc
-        self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix=f"{self.name}-gen")
-        self.token_counter = EdgeTokenCounter(self._engine, self.model)
 
     async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-        self._engine = None
+        self._loaded = None
+
+    def _load(self, folder: Path | None, check: bool) -> LoadedModel:
+        """Load ``folder`` (None: the configured model) in full; in a worker thread."""
+        path = folder or self.folder
+        manifest = StudentManifest.find(path)
+        if folder is not None:
+            version = folder.name
+        else:
+            version = manifest.version if manifest is not None and manifest.version else BASE
+        engine = self._loader(path, self.threads)
+        if check:
+            smoke_test(engine)
+        aliases = dict(manifest.prompt_aliases) if manifest else {}
+        label = self.model if version == BASE else f"{self.model}@{version}"
+        served = ModelVersion(version)
+        if manifest is not None:
+            served = ModelVersion(version, manifest.parent or self.model, _student_card(version, manifest))
+        counter = EdgeTokenCounter(engine, label, aliases, key=str(path))
+        return LoadedModel(engine, path, version, manifest, counter, aliases, served)
+
+    def _current(self) -> LoadedModel:
+        loaded = self._loaded
+        if loaded is None:
+            raise BackendError(f"target {self.name}: the model is not loaded")
+        return loaded
 
     @property
     def engine(self) -> EdgeModel:
-        if self._engine is None:
-            raise BackendError(f"target {self.name}: the model is not loaded")
-        return self._engine
+        """The serving model's engine."""
+        return self._current().engine
+
+    def model_version(self) -> ModelVersion | None:
+        return self._loaded.served if self._loaded else None
+
+    def swap_counts(self) -> Mapping[str, int]:
+        return dict(self._swaps)
+
+    async def swap(self, folder: Path | None) -> SwapResult:
+        """Serve the model in ``folder`` (None: the configured model) from now on, if it loads and answers.
+
+        It is loaded beside the serving one and smoke-tested in a worker thread,
+        then takes over in one assignment; requests already running finish on
+        the old model. On failure the old model keeps serving and the result says why.
+        """
+        async with self._swap_lock:
+            return await self._swap(folder)
+
+    async def refresh(self) -> SwapResult | None:
+        """Serve the version the registry points at now; None when it already serves, or not distilled.
+
+        The registry is watched every ``registry_poll_s``; call this to swap at once (a reload, a test).
+        """
+        if self.registry is None or self._loaded is None:
+            return None
+        async with self._swap_lock:
+            serving = self._current()
+            try:
+                wanted = await asyncio.to_thread(self.registry.current)
+                folder = None if wanted is None else self.registry.folder(wanted)
+            except EdgeModelError as exc:
+                self._failed(None, exc)
+                return SwapResult(False, serving.version, serving.version, error=str(exc))
+            if (folder or self.folder) == serving.folder:
+                self._problem = None
+                return None
+            return await self._swap(folder)
+
+    async def _swap(self, folder: Path | None) -> SwapResult:
+        old = self._current()
+        version = BASE if folder is None else folder.name
+        started = time.perf_counter()
+        try:
+            loaded = await asyncio.to_thread(self._load, folder, True)
+        except Exception as exc:  # noqa: BLE001 - whatever a new version does, the old one keeps serving; logged
+            error = self._failed(version, exc)
+            return SwapResult(False, old.version, old.version, time.perf_counter() - started, error)
+        if self._loaded is not old:  # closed meanwhile
+            return SwapResult(False, old.version, old.version, time.perf_counter() - started, "target closed")
+        self._loaded = loaded  # the swap: requests from here on take the new model
+        self._problem = None
+        self._swaps["ok"] += 1
+        seconds = time.perf_counter() - started
+        log.info(
+            "target %s: now serving %s (was %s); loaded and smoke-tested in %.1fs",
+            self.name, loaded.version, old.version, seconds,
+            extra={"target": self.name, "version": loaded.version, "previous": old.version},
+        )  # fmt: skip
+        return SwapResult(True, loaded.version, old.version, seconds)
+
+    def _failed(self, version: str | None, exc: BaseException) -> str:
+        """Count and log a version that could not be served; readiness shows it until a swap succeeds."""
+        error = str(exc) if isinstance(exc, EdgeModelError) else f"{type(exc).__name__}: {exc}"
+        serving = self._loaded.version if self._loaded else BASE
+        what = f"version {version}" if version else "the registry"
+        self._problem = f"{what} not served: {error}; serving {serving}"
+        self._swaps["failed"] += 1
+        log.error(
+            "target %s: %s", self.name, self._problem,
+            exc_info=None if isinstance(exc, EdgeModelError) else exc,
+            extra={"target": self.name, "version": version, "serving": serving},
+        )  # fmt: skip
+        return error
+
+    def _pointer(self) -> bytes | None:
+        if self.registry is None:
+            return None
+        try:
+            return self.registry.pointer.read_bytes()
+        except OSError:
+            return None
+
+    async def _watch(self, seen: bytes | None) -> None:
+        """Refresh whenever the registry's pointer file changes (a promote or a rollback)."""
+        while True:
+            await asyncio.sleep(self.config.registry_poll_s)
+            pointer = await asyncio.to_thread(self._pointer)
+            if pointer == seen:
+                continue
+            seen = pointer
+            try:
+                await self.refresh()
+            except Exception:
+                # The watcher must outlive anything one refresh does; the next change is tried again.
+                log.exception("target %s: watching the model registry", self.name)
 
     def _full(self) -> bool:
         return self._active >= self.max_concurrency and self._waiting >= self.config.max_queue
@@ -141,9 +375,13 @@ class EdgeBackend:
         return float(max(1, math.ceil(waits * self._seconds_per_request)))
 
     def readiness(self) -> Readiness:
-        if self._engine is None:
+        loaded = self._loaded
+        if loaded is None:
             return Readiness(ready=False, reason="model not loaded")
-        detail = {"model": str(self.folder), "active": self._active, "waiting": self._waiting}
+        detail: dict[str, object] = {"model": str(loaded.folder), "version": loaded.version}
+        detail.update(active=self._active, waiting=self._waiting)
+        if self._problem is not None:
+            detail["distilled"] = self._problem
         if self._full():
             return Readiness(
                 ready=True,
@@ -158,9 +396,10 @@ class EdgeBackend:
 
     def _options(self, request: ChatRequest) -> SamplingOptions:
         cfg = self.config
+        default_temperature = 0.0 if request.memo.get(SERVE_GREEDY) else cfg.temperature
         return SamplingOptions(
             max_new_tokens=request.effective_max_tokens or cfg.default_max_tokens,
-            temperature=cfg.temperature if request.temperature is None else request.temperature,
+            temperature=default_temperature if request.temperature is None else request.temperature,
             top_p=cfg.top_p if request.top_p is None else request.top_p,
             top_k=request.top_k or 0,
             seed=request.seed,
@@ -168,11 +407,11 @@ class EdgeBackend:
             stop=request.stop_sequences,
         )
 
-    def _generation(self, request: ChatRequest, cancel: threading.Event) -> Generation:
-        engine = self.engine
+    def _generation(self, loaded: LoadedModel, request: ChatRequest, cancel: threading.Event) -> Generation:
         logprobs = bool(request.memo.get(WANT_TOKEN_LOGPROBS))
+        ids = loaded.counter.prompt_ids(request)
         try:
-            return engine.generate(prompt_ids(engine, request), self._options(request), cancel, logprobs=logprobs)
+            return loaded.engine.generate(ids, self._options(request), cancel, logprobs=logprobs)
         except PromptTooLong as exc:
             raise ContextLengthExceeded(
                 f"This prompt has {exc.prompt_tokens} tokens; target {self.name}'s window is {exc.context_length}.",
@@ -219,7 +458,8 @@ class EdgeBackend:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         started = time.perf_counter()
-        generation = self._generation(request, threading.Event())
+        # Taken once: a swap from here on leaves this request on the model it started with.
+        generation = self._generation(self._current(), request, threading.Event())
         pieces: list[str] = []
         first_at: list[float] = []
 
@@ -241,7 +481,7 @@ class EdgeBackend:
         )
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        generation = self._generation(request, threading.Event())
+        generation = self._generation(self._current(), request, threading.Event())
         chunks = ChunkMaker.start(self.model)
         queue: asyncio.Queue[object] = asyncio.Queue()
         async with self._slot():

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.backends.base import Capabilities, Readiness
+from router.backends.versions import ModelVersion, SwapResult
 from router.chat import (
     ChatChunk,
     ChatRequest,
@@ -81,9 +82,23 @@ class ScriptedBackend:
     active_streams: int = 0
     # Tests pass one to play a local model with an exact tokenizer.
     token_counter: TokenCounter | None = None
+    # Tests pass one to play a target serving a model version (a distilled edge model).
+    version: ModelVersion | None = None
+    swaps: dict[str, int] = field(default_factory=dict)
+    refreshes: int = 0
 
     async def start(self) -> None:
         self.started = True
+
+    def model_version(self) -> ModelVersion | None:
+        return self.version
+
+    def swap_counts(self) -> Mapping[str, int]:
+        return self.swaps
+
+    async def refresh(self) -> SwapResult | None:
+        self.refreshes += 1
+        return None
 
     async def aclose(self) -> None:
         self.closed = True

@@ -3,7 +3,7 @@
 Redaction, retries with a circuit breaker, and the cascade each wrap a
 target's backend and alter one or two of its calls. The rest of the
 contract (name, model, capabilities, token counting, lifecycle, readiness,
-gauges) goes straight to the wrapped backend, here, once.
+gauges, model versions) goes straight to the wrapped backend, here, once.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 
 from router.backends.base import Backend, Capabilities, Readiness
+from router.backends.versions import ModelVersion, SwapResult, VersionedBackend, model_version
 from router.chat import ChatChunk, ChatRequest, ChatResult
 from router.tokens import TokenCounter
 
@@ -49,6 +50,15 @@ class WrappingBackend:
 
     def stats(self) -> Mapping[str, float]:
         return self.inner.stats()
+
+    def model_version(self) -> ModelVersion | None:
+        return model_version(self.inner)
+
+    def swap_counts(self) -> Mapping[str, int]:
+        return self.inner.swap_counts() if isinstance(self.inner, VersionedBackend) else {}
+
+    async def refresh(self) -> SwapResult | None:
+        return await self.inner.refresh() if isinstance(self.inner, VersionedBackend) else None
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         return await self.inner.complete(request)

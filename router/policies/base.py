@@ -36,6 +36,7 @@ from pydantic import BaseModel
 
 from router.backends.base import Capabilities, Readiness
 from router.backends.cascade import Signal
+from router.backends.versions import StudentCard
 from router.chat import ChatRequest
 from router.errors import ConfigError
 from router.features import Features
@@ -46,6 +47,8 @@ __all__ = [
     "Policy",
     "PolicyClass",
     "RoutingContext",
+    "ShadowObserver",
+    "StudentCard",
     "TargetCatalog",
     "TargetView",
     "Tally",
@@ -132,6 +135,10 @@ class TargetView:
     # Operator-assigned quality in [0, 1] and expected latency, for the weighted policy.
     quality: float = 0.5
     latency_ms: float = 1000.0
+    # The model version serving now ("base", "v3") for a target that has versions, read per request:
+    # a distilled edge model swaps live. ``student`` is set while a distilled version serves.
+    version: str | None = None
+    student: StudentCard | None = None
 
 
 @dataclass(slots=True)
@@ -221,6 +228,18 @@ class OutcomeObserver(Protocol):
 
     def observe(self, request: ChatRequest, target: str, ok: bool) -> None:
         """Called once per finished request with the target that served it and whether it succeeded."""
+
+
+@runtime_checkable
+class ShadowObserver(Protocol):
+    """A policy that asks for some answers to be checked against another target, off the client's path
+    (``distilled``: the student's answers against the cloud's)."""
+
+    def shadow_target(self, request: ChatRequest, served_by: str, escalated: bool) -> str | None:
+        """The target to ask the same request in shadow, or None."""
+
+    def record_shadow(self, request: ChatRequest, agree: bool) -> object:
+        """Told whether the shadow answer agreed with the one the client got."""
 
 
 class PolicyClass(Protocol):

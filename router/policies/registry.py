@@ -22,6 +22,7 @@ from router.policies.cascade import CascadePolicy
 from router.policies.context_window import ContextWindowPolicy
 from router.policies.default import DefaultPolicy
 from router.policies.difficulty import DifficultyPolicy
+from router.policies.distilled import DistilledPolicy
 from router.policies.explicit import ExplicitPolicy
 from router.policies.privacy import PrivacyPolicy
 from router.policies.semantic import SemanticPolicy
@@ -41,6 +42,7 @@ BUILTIN_POLICIES: Mapping[str, Any] = {
     "semantic": SemanticPolicy,
     "difficulty": DifficultyPolicy,
     "cascade": CascadePolicy,
+    "distilled": DistilledPolicy,
     "sticky": StickyPolicy,
     "default": DefaultPolicy,
 }

@@ -1,0 +1,123 @@
+"""The Lua scripts that make Redis's budget and rate calls atomic (Redis runs one script at a time).
+
+Each counter of a budget is a hash ``{spent, held, h:<hold id>: amount}`` and
+a sorted set of its hold ids by expiry (milliseconds). Amounts are integer
+micro-dollars and reach Redis as strings, so no number is ever formatted by
+Lua. The clock is the caller's (``now`` in ``ARGV``), as in the other stores.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FINISH", "RATE", "RESERVE", "SWAP", "USAGE"]
+
+# Frees one counter's holds whose expiry has passed.
+_SWEEP = """
+local function sweep(b, x, now)
+  local expired = redis.call('ZRANGEBYSCORE', x, '-inf', now)
+  for _, id in ipairs(expired) do
+    local amount = redis.call('HGET', b, 'h:' .. id)
+    if amount and amount ~= '0' then
+      redis.call('HINCRBY', b, 'held', '-' .. amount)
+    end
+    redis.call('HDEL', b, 'h:' .. id)
+  end
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', x, '-inf', now)
+  end
+end
+"""
+
+RESERVE = (
+    _SWEEP
+    + """
+-- KEYS: hash, zset per counter. ARGV: now, id, amount, expires, then limit, ttl per counter.
+local now, id, amount, expires = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = #KEYS / 2
+for i = 1, n do
+  sweep(KEYS[2 * i - 1], KEYS[2 * i], now)
+end
+for i = 1, n do
+  local b = KEYS[2 * i - 1]
+  local spent = tonumber(redis.call('HGET', b, 'spent') or '0')
+  local held = tonumber(redis.call('HGET', b, 'held') or '0')
+  if spent + held + tonumber(amount) > tonumber(ARGV[3 + 2 * i]) then
+    return {0, i, spent, held}
+  end
+end
+for i = 1, n do
+  local b, x, ttl = KEYS[2 * i - 1], KEYS[2 * i], ARGV[4 + 2 * i]
+  redis.call('HINCRBY', b, 'spent', 0)
+  redis.call('HINCRBY', b, 'held', amount)
+  redis.call('HSET', b, 'h:' .. id, amount)
+  redis.call('ZADD', x, expires, id)
+  redis.call('PEXPIRE', b, ttl)
+  redis.call('PEXPIRE', x, ttl)
+end
+return {1, 0, 0, 0}
+"""
+)
+
+FINISH = """
+-- KEYS: the finished marker, then hash, zset per counter. ARGV: id, charge, marker ttl.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+local id, charge = ARGV[1], ARGV[2]
+for i = 2, #KEYS, 2 do
+  local b, x = KEYS[i], KEYS[i + 1]
+  local amount = redis.call('HGET', b, 'h:' .. id)
+  if amount and amount ~= '0' then
+    redis.call('HINCRBY', b, 'held', '-' .. amount)
+  end
+  redis.call('HDEL', b, 'h:' .. id)
+  redis.call('ZREM', x, id)
+  -- A counter past its window and grace has expired: nobody reads it any more.
+  if redis.call('EXISTS', b) == 1 then
+    redis.call('HINCRBY', b, 'spent', charge)
+  end
+end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+return 1
+"""
+
+USAGE = (
+    _SWEEP
+    + """
+-- KEYS: hash, zset. ARGV: now.
+sweep(KEYS[1], KEYS[2], ARGV[1])
+return {tonumber(redis.call('HGET', KEYS[1], 'spent') or '0'), tonumber(redis.call('HGET', KEYS[1], 'held') or '0')}
+"""
+)
+
+RATE = """
+-- KEYS: previous, current bucket per counter. ARGV: width, elapsed, ttl, then limit, cost per counter.
+-- The comparison is router.state.windows.fits, in the same integers.
+local width, elapsed = tonumber(ARGV[1]), tonumber(ARGV[2])
+local reply, fits = {0}, 1
+for i = 1, #KEYS / 2 do
+  local prev = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local cur = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local limit, cost = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  reply[2 * i], reply[2 * i + 1] = prev, cur
+  if prev * (width - elapsed) + (cur + cost) * width > limit * width then
+    fits = 0
+  end
+end
+if fits == 1 then
+  for i = 1, #KEYS / 2 do
+    redis.call('INCRBY', KEYS[2 * i], ARGV[3 + 2 * i])
+    redis.call('PEXPIRE', KEYS[2 * i], ARGV[3])
+  end
+end
+reply[1] = fits
+return reply
+"""
+
+SWAP = """
+-- KEYS: a hash. ARGV: field, expected value, new value. Sets it only if it still holds what was read.
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""

@@ -1,0 +1,406 @@
+"""The embedded store: one SQLite file in WAL mode, shared by every gateway process on the machine.
+
+Each process holds one connection on one worker thread of its own; every
+call is a coroutine that runs there (``run_in_executor``), so the event loop
+never blocks on the file and calls from one process queue up in order.
+Between processes, every write is a ``BEGIN IMMEDIATE`` transaction: it
+takes the file's write lock before it reads, so a reservation's check and
+its hold cannot interleave with another process's (no overshoot), and a
+writer that finds the lock taken waits up to ``busy_timeout_s``. WAL lets
+readers go on meanwhile; ``synchronous=NORMAL`` keeps the file consistent
+through a crash and may lose the last moments of counts on a power cut.
+
+A call cancelled while it waits still completes on the worker thread: a
+hold whose reservation never reached its caller frees itself after its
+``ttl_s``.
+
+>>> import asyncio, tempfile
+>>> from router.state.base import RateScope
+>>> async def demo(path):
+...     state = SQLiteState(path)
+...     try:
+...         return await state.rates.acquire([RateScope("key:a", requests_per_minute=1)], tokens=0)
+...     finally:
+...         await state.close()
+>>> asyncio.run(demo(tempfile.mkdtemp() + "/state.db")).allowed
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+import functools
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from router.errors import StateUnavailable
+from router.state.base import (
+    BudgetExceeded,
+    BudgetScope,
+    BudgetUsage,
+    KeyLimits,
+    KeyRecord,
+    RateDecision,
+    RateScope,
+    Reservation,
+)
+from router.state.records import key_from_json, key_to_json
+from router.state.windows import (
+    COUNTER_GRACE_S,
+    FINISHED_TTL_S,
+    BudgetCharge,
+    RateCounter,
+    bucket_of,
+    budget_plan,
+    counter_for,
+    decide,
+    rate_plan,
+    refusal,
+    to_micros,
+    to_usd,
+)
+
+__all__ = ["SQLiteState"]
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+Connection = sqlite3.Connection
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget_counters (
+    name TEXT PRIMARY KEY, spent INTEGER NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS budget_counters_expiry ON budget_counters (expires_at);
+CREATE TABLE IF NOT EXISTS budget_holds (
+    id TEXT NOT NULL, counter TEXT NOT NULL, amount INTEGER NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (id, counter)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS budget_holds_counter ON budget_holds (counter, expires_at);
+CREATE INDEX IF NOT EXISTS budget_holds_expiry ON budget_holds (expires_at);
+CREATE TABLE IF NOT EXISTS budget_finished (id TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS budget_finished_expiry ON budget_finished (expires_at);
+CREATE TABLE IF NOT EXISTS rate_buckets (
+    name TEXT NOT NULL, bucket INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (name, bucket)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS client_keys (
+    key_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, created_at REAL NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL);
+CREATE INDEX IF NOT EXISTS kv_expiry ON kv (expires_at);
+"""
+
+
+class _Database:
+    """One connection on one thread; :meth:`run` and :meth:`write` call into it from the event loop."""
+
+    def __init__(self, path: Path, busy_timeout_s: float) -> None:
+        self.path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="hybrid-router-state")
+        self._conn: Connection | None = None
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in autocommit mode: for single statements and reads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, work, False)
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` inside ``BEGIN IMMEDIATE`` … ``COMMIT``: atomic across processes."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, work, True)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._disconnect)
+        self._executor.shutdown(wait=True)
+
+    def _call(self, work: Callable[[Connection], T], immediate: bool) -> T:
+        with _translated(self.path):
+            conn = self._conn or self._connect()
+            if not immediate:
+                return work(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    def _connect(self) -> Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._migrate(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _migrate(self, conn: Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StateUnavailable(
+                f"{self.path} holds state schema {version}; this version of hybrid-router knows up to "
+                f"{SCHEMA_VERSION}: upgrade it, or point state at another file"
+            )
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+@contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StateUnavailable(f"state store {path}: {exc}") from exc
+
+
+def _one(conn: Connection, sql: str, *args: Any) -> Any:
+    row = conn.execute(sql, args).fetchone()
+    return None if row is None else row[0]
+
+
+class SQLiteBudgets:
+    """Counters, holds and finished reservations in three tables."""
+
+    def __init__(self, db: _Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def reserve(
+        self, scopes: list[BudgetScope], amount_usd: float, *, request_id: str, ttl_s: float
+    ) -> Reservation | BudgetExceeded:
+        now, amount = self._clock(), to_micros(amount_usd)
+        plan = budget_plan(scopes, now=now)
+        hold = Reservation(
+            uuid.uuid4().hex, request_id, to_usd(amount), tuple(i.counter.name for i in plan), now + ttl_s
+        )
+        return await self._db.write(functools.partial(_reserve, plan=plan, hold=hold, amount=amount, now=now))
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> bool:
+        finish = functools.partial(_finish, reservation=reservation, charge=to_micros(actual_usd), now=self._clock())
+        return await self._db.write(finish)
+
+    async def release(self, reservation: Reservation) -> bool:
+        return await self._db.write(functools.partial(_finish, reservation=reservation, charge=0, now=self._clock()))
+
+    async def usage(self, scope: BudgetScope) -> BudgetUsage:
+        now = self._clock()
+        name = counter_for(scope, now=now).name
+
+        def read(conn: Connection) -> BudgetUsage:
+            spent = _one(conn, "SELECT spent FROM budget_counters WHERE name = ? AND expires_at > ?", name, now)
+            held = _held(conn, name, now)
+            return BudgetUsage(to_usd(spent or 0), to_usd(held), scope.limit_usd)
+
+        return await self._db.run(read)
+
+
+def _reserve(
+    conn: Connection, *, plan: list[BudgetCharge], hold: Reservation, amount: int, now: float
+) -> Reservation | BudgetExceeded:
+    _sweep(conn, now)
+    for item in plan:
+        spent = _one(conn, "SELECT spent FROM budget_counters WHERE name = ?", item.counter.name) or 0
+        held = _held(conn, item.counter.name, now)
+        if spent + held + amount > item.limit:
+            return refusal(item, spent, held)
+    for item in plan:
+        conn.execute(
+            "INSERT OR IGNORE INTO budget_counters VALUES (?, 0, ?)",
+            (item.counter.name, item.counter.ends_at + COUNTER_GRACE_S),
+        )
+        conn.execute(
+            "INSERT INTO budget_holds VALUES (?, ?, ?, ?)", (hold.id, item.counter.name, amount, hold.expires_at)
+        )
+    return hold
+
+
+def _finish(conn: Connection, *, reservation: Reservation, charge: int, now: float) -> bool:
+    if _one(conn, "SELECT 1 FROM budget_finished WHERE id = ? AND expires_at > ?", reservation.id, now):
+        return False
+    conn.execute("DELETE FROM budget_holds WHERE id = ?", (reservation.id,))
+    # A counter past its window and grace is gone (swept): nobody reads it any more.
+    conn.executemany(
+        "UPDATE budget_counters SET spent = spent + ? WHERE name = ?", [(charge, name) for name in reservation.charges]
+    )
+    conn.execute("INSERT OR REPLACE INTO budget_finished VALUES (?, ?)", (reservation.id, now + FINISHED_TTL_S))
+    return True
+
+
+def _held(conn: Connection, name: str, now: float) -> int:
+    return int(_one(conn, "SELECT SUM(amount) FROM budget_holds WHERE counter = ? AND expires_at > ?", name, now) or 0)
+
+
+def _sweep(conn: Connection, now: float) -> None:
+    for table in ("budget_holds", "budget_counters", "budget_finished"):
+        conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,))
+
+
+class SQLiteRates:
+    """Rate buckets as rows of (counter, minute, count)."""
+
+    def __init__(self, db: _Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def acquire(self, scopes: list[RateScope], *, tokens: int) -> RateDecision:
+        plan = rate_plan(scopes, tokens=tokens)
+        if not plan:
+            return RateDecision(True)
+        bucket, elapsed = bucket_of(self._clock())
+
+        def check_and_count(conn: Connection) -> RateDecision:
+            counts = [(_count(conn, c.name, bucket - 1), _count(conn, c.name, bucket)) for c in plan]
+            decision = decide(plan, counts, elapsed)
+            if decision.allowed:
+                _add(conn, plan, bucket)
+            return decision
+
+        return await self._db.write(check_and_count)
+
+    async def record(self, scopes: list[RateScope], *, tokens: int) -> None:
+        plan = rate_plan(scopes, tokens=tokens, requests=0)
+        if plan:
+            bucket = bucket_of(self._clock())[0]
+            await self._db.write(lambda conn: _add(conn, plan, bucket))
+
+
+def _count(conn: Connection, name: str, bucket: int) -> int:
+    return int(_one(conn, "SELECT count FROM rate_buckets WHERE name = ? AND bucket = ?", name, bucket) or 0)
+
+
+def _add(conn: Connection, plan: list[RateCounter], bucket: int) -> None:
+    for item in plan:
+        conn.execute(
+            "INSERT INTO rate_buckets VALUES (?, ?, ?) ON CONFLICT (name, bucket) DO UPDATE SET count = count + ?",
+            (item.name, bucket, item.cost, item.cost),
+        )
+        conn.execute("DELETE FROM rate_buckets WHERE name = ? AND bucket < ?", (item.name, bucket - 1))
+
+
+class SQLiteKeys:
+    """Key records as JSON rows, by hash."""
+
+    def __init__(self, db: _Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def create(
+        self,
+        key_hash: str,
+        *,
+        tenant: str,
+        label: str = "",
+        limits: KeyLimits | None = None,
+        allowed_targets: tuple[str, ...] | None = None,
+    ) -> KeyRecord:
+        record = KeyRecord(key_hash, tenant, label, limits or KeyLimits(), allowed_targets, self._clock())
+
+        def insert(conn: Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO client_keys VALUES (?, ?, ?, ?)",
+                    (key_hash, tenant, record.created_at, key_to_json(record)),
+                )
+            except sqlite3.IntegrityError:
+                raise ValueError(f"a key with hash {key_hash[:15]}… already exists") from None
+
+        await self._db.run(insert)
+        return record
+
+    async def get(self, key_hash: str) -> KeyRecord | None:
+        text = await self._db.run(
+            lambda conn: _one(conn, "SELECT record FROM client_keys WHERE key_hash = ?", key_hash)
+        )
+        return None if text is None else key_from_json(text)
+
+    async def list(self, tenant: str | None = None) -> builtins.list[KeyRecord]:
+        sql = "SELECT record FROM client_keys WHERE ? IS NULL OR tenant = ? ORDER BY created_at, key_hash"
+        rows = await self._db.run(lambda conn: conn.execute(sql, (tenant, tenant)).fetchall())
+        return [key_from_json(text) for (text,) in rows]
+
+    async def revoke(self, key_hash: str) -> bool:
+        def mark(conn: Connection) -> bool:
+            text = _one(conn, "SELECT record FROM client_keys WHERE key_hash = ?", key_hash)
+            if text is None or (record := key_from_json(text)).revoked:
+                return False
+            revoked = key_to_json(dataclasses.replace(record, revoked=True))
+            conn.execute("UPDATE client_keys SET record = ? WHERE key_hash = ?", (revoked, key_hash))
+            return True
+
+        return await self._db.write(mark)
+
+
+class SQLiteKeyValues:
+    """Values with an optional expiry time."""
+
+    def __init__(self, db: _Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def get(self, key: str) -> str | None:
+        now = self._clock()
+        sql = "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
+        value: str | None = await self._db.run(lambda conn: _one(conn, sql, key, now))
+        return value
+
+    async def set(self, key: str, value: str, *, ttl_s: float | None = None) -> None:
+        now = self._clock()
+        expires_at = None if ttl_s is None else now + ttl_s
+
+        def put(conn: Connection) -> None:
+            conn.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
+            conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, expires_at))
+
+        await self._db.write(put)
+
+    async def delete(self, key: str) -> None:
+        await self._db.run(lambda conn: conn.execute("DELETE FROM kv WHERE key = ?", (key,)))
+
+
+class SQLiteState:
+    """Budgets, rate windows, keys and values in one SQLite file (created, with its folder, on first use).
+
+    Build it inside the process that uses it (after a fork, in the lifespan):
+    a connection must not cross processes. ``clock``: epoch seconds.
+    """
+
+    def __init__(self, path: str | Path, *, clock: Clock = time.time, busy_timeout_s: float = 5.0) -> None:
+        self._db = _Database(Path(path), busy_timeout_s)
+        self.budgets = SQLiteBudgets(self._db, clock)
+        self.rates = SQLiteRates(self._db, clock)
+        self.keys = SQLiteKeys(self._db, clock)
+        self.kv = SQLiteKeyValues(self._db, clock)
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    async def close(self) -> None:
+        await self._db.close()
