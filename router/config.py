@@ -14,11 +14,13 @@ typo in any option fails start-up with the option's full path, e.g.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_models.catalog import is_model_path
+from edge_models.distill.registry import default_registry_dir
 
 __all__ = [
     "TARGET_TYPES",
@@ -310,6 +312,14 @@ class OnnxTargetConfig(_TargetCommon):
                 "versions); only a built model name has a default registry"
             )
         return self
+
+    def registry_dir(self) -> Path | None:
+        """With ``distilled``: the folder of distilled versions (``registry``, else the model's default); else None."""
+        if not self.distilled:
+            return None
+        if self.registry:
+            return Path(self.registry).expanduser()
+        return default_registry_dir(self.model, Path(self.models_dir).expanduser() if self.models_dir else None)
 
 
 class FakeTargetConfig(_TargetCommon):

@@ -219,6 +219,11 @@ class Router:
         for policy in self._observers:
             policy.observe(request, target, ok)
 
+    @property
+    def shadows_answers(self) -> bool:
+        """Whether any policy shadow-checks answers (so callers skip preparing for it otherwise)."""
+        return bool(self._shadowers)
+
     def observe_answer(
         self, request: ChatRequest, served_by: str, answer: str, *, escalated: bool, report: ShadowReport | None = None
     ) -> None:

@@ -447,7 +447,7 @@ def _note_fallback(request: Request, gateway: Runtime, outcome: _Outcome, source
 def _capture(gateway: Runtime, chat: ChatRequest, outcome: _Outcome, answer: Answer) -> None:
     """Offer a finished answer to distill.capture (it decides, stores in the background and never raises),
     and to the policies that check answers in shadow (``distilled``: off the client's path)."""
-    if answer.finish_reason == "stop" and answer.text is not None:
+    if gateway.router.shadows_answers and answer.finish_reason == "stop" and answer.text is not None:
         escalated = outcome.cascade is not None and outcome.cascade.escalated
         gateway.router.observe_answer(chat, outcome.target, answer.text, escalated=escalated,
                                       report=_shadow_report(gateway, chat))  # fmt: skip

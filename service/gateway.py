@@ -32,6 +32,7 @@ from router.backends.registry import create_backend
 from router.backends.versions import VersionedBackend
 from router.chat import ChatRequest
 from router.classify.build import KNOWN_NEEDS, ClassifierPlan, ConfiguredClassifier, plan_classifier
+from router.config import OnnxTargetConfig
 from router.errors import ConfigError, HybridRouterError
 from router.policies.base import TargetCatalog
 from router.policies.registry import build_policies, policy_requirements
@@ -389,12 +390,16 @@ def _auto_distiller(runtime: Runtime, metrics: GatewayMetrics) -> AutoDistiller 
     auto = runtime.settings.distill.auto
     if not auto.enabled:
         return None
-    targets = {name: b for name, b in runtime.backends.items() if getattr(b, "registry", None) is not None}
-    name = auto.target or next(iter(targets), None)
-    if name is None or name not in targets:
+    # From the config, not the backend: a target with retries or a circuit is wrapped.
+    registries = {
+        name: folder
+        for name, cfg in runtime.settings.targets.items()
+        if isinstance(cfg, OnnxTargetConfig) and (folder := cfg.registry_dir()) is not None
+    }
+    name = auto.target or next(iter(registries), None)
+    if name is None or name not in registries:
         raise ConfigError("distill.auto: needs an onnx target with `distilled: true` (or distill.auto.target)")
-    registry = targets[name].registry  # type: ignore[attr-defined]
-    return AutoDistiller(auto, data_dir=runtime.settings.distill.capture.dir, registry_dir=registry.root,
+    return AutoDistiller(auto, data_dir=runtime.settings.distill.capture.dir, registry_dir=registries[name],
                          count=metrics.record_cycle)  # fmt: skip
 
 

@@ -308,9 +308,11 @@ class _Checkpoint:
 def _lower_priority(nice: int, threads: int | None, torch: Any) -> int:
     if nice and hasattr(os, "nice"):
         os.nice(nice)
-    count = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from edge_models.runtime import default_threads
+
+    count = threads or default_threads()
     torch.set_num_threads(count)
-    return int(count)
+    return count
 
 
 def _schedule(torch: Any, optimizer: Any, total: int, warmup: int) -> Any:

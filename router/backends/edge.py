@@ -39,7 +39,7 @@ from typing import Any
 from edge_models.catalog import KNOWN_MODELS, resolve_model
 from edge_models.distill.manifest import StudentManifest
 from edge_models.distill.prefix import student_messages
-from edge_models.distill.registry import Registry, default_registry_dir
+from edge_models.distill.registry import Registry
 from edge_models.errors import EdgeModelError, GenerationError, ModelInvalid, PromptTooLong
 from edge_models.runtime import ChatMessage, EdgeModel, Generation, SamplingOptions, default_threads
 from router.backends.base import Capabilities, Readiness
@@ -180,10 +180,8 @@ class EdgeBackend:
         except EdgeModelError as exc:
             raise ConfigError(f"targets.{name}.model: {exc}") from exc
         self.model = config.model if config.model in KNOWN_MODELS else self.folder.name
-        self.registry: Registry | None = None
-        if config.distilled:
-            root = Path(config.registry).expanduser() if config.registry else None
-            self.registry = Registry(root or default_registry_dir(config.model, models_dir))
+        registry = config.registry_dir()
+        self.registry = Registry(registry) if registry is not None else None
         self.max_concurrency = config.max_concurrency or max(1, cores // 2)
         self.threads = config.threads or max(1, cores // self.max_concurrency)
         self._loader = loader or (lambda folder, threads: EdgeModel.load(folder, threads=threads))
