@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/classifier.py
 	$(BIN)/python bench/provider_adapters.py
+	$(BIN)/python bench/state.py
 	$(BIN)/python bench/edge_quality.py
 	$(BIN)/python bench/edge_model.py   # the llama.cpp column needs the bench extra (see README)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[pii-bench]'

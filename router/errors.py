@@ -17,6 +17,7 @@ re-raised as one of these ``from`` the original at the adapter boundary.
     ├── AuthenticationFailed               401  invalid_api_key
     ├── PolicyViolation                    403  policy_violation
     ├── RateLimited                        429  rate_limit_exceeded
+    │   └── BudgetExhausted                429  budget_exceeded (type insufficient_quota)
     ├── NoTargetAvailable                  503  no_target_available
     ├── GatewayOverloaded                  503  gateway_overloaded
     ├── StateUnavailable                   503  state_unavailable
@@ -52,6 +53,7 @@ __all__ = [
     "AuthenticationFailed",
     "BackendBusy",
     "BackendError",
+    "BudgetExhausted",
     "CircuitOpen",
     "ConfigError",
     "ContentFiltered",
@@ -191,6 +193,17 @@ class RateLimited(HybridRouterError):
     status_code = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class BudgetExhausted(RateLimited):
+    """A spend budget has no room for the request; ``retry_after`` is when its window resets.
+
+    OpenAI reports a spent quota as 429 ``insufficient_quota``; clients that
+    handle that already stop retrying at once.
+    """
+
+    type = "insufficient_quota"
+    code = "budget_exceeded"
 
 
 class NoTargetAvailable(HybridRouterError):

@@ -33,10 +33,12 @@ from router.classify.classifier import RequestClassifier
 from router.config import check_fallbacks
 from router.errors import BackendBusy, ConfigError, HybridRouterError, NoTargetAvailable, PolicyViolation, UnknownModel
 from router.features import Features
+from router.latency import LatencyEstimates
 from router.policies.base import (
     Cascade,
     OutcomeObserver,
     Policy,
+    PreparingPolicy,
     RoutingContext,
     ShadowObserver,
     Tally,
@@ -47,6 +49,7 @@ from router.policies.distilled import answers_agree
 from router.resilience.failover import FailoverBackend
 
 __all__ = [
+    "ADMISSION",
     "AUTO",
     "Decision",
     "FallbackStep",
@@ -58,6 +61,10 @@ __all__ = [
 ]
 
 AUTO = "auto"
+ADMISSION = "admission"
+"""``request.memo`` key: targets the gateway's admission rules out for this request (a client key's allowed
+targets, a spent budget or a rate limit that spills to the edge), as ``{target: why}``. Applied before the
+policies, as the trail's first entry, so the policies choose among what is left and privacy still holds."""
 # Shadow requests in flight at once; more are skipped (counted), never queued behind client traffic.
 MAX_SHADOWS_IN_FLIGHT = 4
 
@@ -194,6 +201,7 @@ class Router:
         self.policies = list(policies)
         # Found once here, not with an isinstance check per policy on every request.
         self._observers = [policy for policy in self.policies if isinstance(policy, OutcomeObserver)]
+        self._preparing = [policy for policy in self.policies if isinstance(policy, PreparingPolicy)]
         self._shadowers = [policy for policy in self.policies if isinstance(policy, ShadowObserver)]
         self._shadows: set[asyncio.Task[None]] = set()
         self.profiles = {name: (profiles or {}).get(name, TargetProfile()) for name in self.backends}
@@ -201,6 +209,8 @@ class Router:
         self.config_version = config_version
         self._alpha = latency_alpha
         self._latency: dict[str, float] = {}
+        # Time to first token, per output token and per answer, by target (the latency policy's predictions).
+        self.timing = LatencyEstimates(latency_alpha)
         self._names: dict[str, str] = {name: name for name in self.backends}
         for name, profile in self.profiles.items():
             self._names.update(dict.fromkeys(profile.aliases, name))
@@ -276,8 +286,12 @@ class Router:
         previous = self._latency.get(target)
         self._latency[target] = milliseconds if previous is None else previous + self._alpha * (milliseconds - previous)
 
+    def observe_timing(self, target: str, *, ttft_ms: float, total_ms: float, completion_tokens: int) -> None:
+        """Feed one answer's first-token and total times into the target's live estimates (the latency policy)."""
+        self.timing.observe(target, ttft_ms=ttft_ms, total_ms=total_ms, completion_tokens=completion_tokens)
+
     def target_views(self) -> dict[str, TargetView]:
-        return describe_targets(self.backends, self.profiles, self._latency)
+        return describe_targets(self.backends, self.profiles, self._latency, self.timing)
 
     async def decide(self, request: ChatRequest) -> Decision:
         """Classify ``request``, run the policies and resolve: never raises for a routing outcome."""
@@ -293,6 +307,8 @@ class Router:
                 )
                 elapsed = (time.perf_counter() - started) * 1000
                 return Decision(None, "unknown model", "router", None, trail, self.config_version, elapsed, error)
+        for policy in self._preparing:
+            await policy.prepare(request)
         features = await self.classifier.classify(request)
         return self.resolve(request, features, pinned, started, trail)
 
@@ -306,6 +322,12 @@ class Router:
         for note in features.notes:
             trail.append(TrailEntry("classifier", note, {}))
         verdicts: list[tuple[str, Verdict]] = []
+        ruled_out: Mapping[str, str] | None = request.memo.get(ADMISSION)
+        if ruled_out:
+            admission = Verdict(reason="; ".join(dict.fromkeys(ruled_out.values())), forbid=dict(ruled_out))
+            _apply(tally, admission)
+            verdicts.append((ADMISSION, admission))
+            trail.append(TrailEntry(ADMISSION, admission.reason, admission.to_dict()))
         for policy in self.policies:
             verdict = policy.evaluate(RoutingContext(request, features, views, pinned, tally))
             _apply(tally, verdict)
@@ -338,6 +360,19 @@ class Router:
                         fallback_from=rescued.source if rescued else None,
                         fallback_reason=rescued.code if rescued else "",
                         model_version=views[target].version)  # fmt: skip
+
+    def redecide(self, request: ChatRequest, decision: Decision, rule_out: Mapping[str, str]) -> Decision:
+        """``decision`` made again with ``rule_out`` added to the request's admission constraints.
+
+        For a limit learnt only once the target is known (a budget without room
+        for the chosen target's price): the features are reused, only the
+        policies run again.
+        """
+        assert decision.features is not None
+        request.memo[ADMISSION] = {**request.memo.get(ADMISSION, {}), **rule_out}
+        pinned = self._names.get(request.model) if request.model != AUTO else None
+        again = self.resolve(request, decision.features, pinned, time.perf_counter(), [])
+        return replace(again, decision_ms=decision.decision_ms + again.decision_ms)
 
     def _rescue(
         self, tally: Tally, views: Mapping[str, TargetView], error: _Unroutable, trail: list[TrailEntry]
@@ -395,12 +430,15 @@ def describe_targets(
     backends: Mapping[str, Backend],
     profiles: Mapping[str, TargetProfile],
     latency: Mapping[str, float] | None = None,
+    timing: LatencyEstimates | None = None,
 ) -> dict[str, TargetView]:
     """What policies may know about each target now: its profile, capabilities and live state."""
     views = {}
     for name, backend in backends.items():
         profile = profiles.get(name, TargetProfile())
         serving = model_version(backend)
+        stats = backend.stats()
+        limit = stats.get("max_concurrency")
         views[name] = TargetView(
             name=name,
             model=backend.model,
@@ -412,6 +450,10 @@ def describe_targets(
             latency_ms=(latency or {}).get(name, profile.latency_ms),
             version=serving.version if serving else None,
             student=serving.student if serving else None,
+            live=timing.get(name) if timing is not None else None,
+            queue_depth=int(stats.get("queue_depth", 0)),
+            active=int(stats.get("active_generations", 0)),
+            concurrency=int(limit) if limit else None,
         )
     return views
 

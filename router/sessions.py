@@ -4,13 +4,16 @@ A conversation is named by the client's ``x-session-id`` header when it
 sends one, else by a hash of its opening: the system prompt and the first
 user turn stay the same for every later turn of one chat, while the turns
 after them grow. :class:`MemorySessions` keeps the target per conversation
-for a while; the shared stores (SQLite, Redis) will implement the same
-:class:`SessionStore` contract.
+for a while in the process; :class:`SharedSessions` keeps it in the state
+store too (``state.url`` on SQLite or Redis), so every worker and replica
+keeps a conversation where any of them escalated it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -21,8 +24,12 @@ from typing import Protocol
 import orjson
 
 from router.chat import ChatRequest
+from router.errors import StateUnavailable
+from router.state.base import KeyValueStore
 
-__all__ = ["MemorySessions", "SessionStore", "Stuck", "conversation_key"]
+__all__ = ["MemorySessions", "SessionStore", "SharedSessions", "Stuck", "conversation_key"]
+
+log = logging.getLogger("hybrid_router.sessions")
 
 SESSION_ID = "session_id"
 """The ``ChatRequest.memo`` key the service stores a valid ``x-session-id`` under."""
@@ -102,3 +109,62 @@ class MemorySessions:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class SharedSessions:
+    """Sessions in the shared state store, read through a local copy.
+
+    A policy reads while routing, synchronously: :meth:`load` (awaited by the
+    router before it routes, through the policy's ``prepare``) copies the
+    conversation's entry from the store into the local map. :meth:`put`
+    writes both, the store in a task of its own, so no request waits on it.
+    A store that is down leaves each process with what it has seen itself.
+    """
+
+    PREFIX = "sticky:"
+
+    def __init__(
+        self,
+        kv: KeyValueStore,
+        *,
+        ttl_s: float,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.local = MemorySessions(ttl_s=ttl_s, max_entries=max_entries, clock=clock)
+        self.ttl_s = ttl_s
+        self._kv = kv
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, key: str) -> Stuck | None:
+        return self.local.get(key)
+
+    def put(self, key: str, target: str) -> None:
+        self.local.put(key, target)
+        task = asyncio.get_running_loop().create_task(self._write(key, target))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def load(self, key: str) -> None:
+        if self.local.get(key) is not None:
+            return
+        try:
+            target = await self._kv.get(self.PREFIX + key)
+        except StateUnavailable as exc:
+            log.debug("sticky sessions: store unavailable: %s", exc)
+            return
+        if target:
+            self.local.put(key, target)
+
+    async def _write(self, key: str, target: str) -> None:
+        try:
+            await self._kv.set(self.PREFIX + key, target, ttl_s=self.ttl_s)
+        except StateUnavailable as exc:
+            log.warning("sticky sessions: could not share a conversation's target: %s", exc)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+
+    def __len__(self) -> int:
+        return len(self.local)

@@ -38,7 +38,7 @@ class KeyChecker:
     def from_settings(cls, auth: AuthSettings, environ: Mapping[str, str] | None = None) -> KeyChecker:
         env = os.environ if environ is None else environ
         plain = [key.strip() for key in env.get(auth.api_keys_env, "").split(",") if key.strip()]
-        return cls([*auth.api_key_hashes, *(hash_key(key) for key in plain)])
+        return cls([*auth.api_key_hashes, *(key.hash for key in auth.keys), *(hash_key(key) for key in plain)])
 
     @property
     def enabled(self) -> bool:
@@ -82,8 +82,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def startup_problems(server: ServerSettings, auth: AuthSettings, checker: KeyChecker) -> list[str]:
+def startup_problems(
+    server: ServerSettings, auth: AuthSettings, checker: KeyChecker, *, stored_keys: bool = False
+) -> list[str]:
     """What makes serving with these settings unsafe, each with what to do; empty when nothing does.
+
+    ``stored_keys``: the state store holds client keys (``hybrid-router keys create``), which require a key
+    as config keys do.
 
     ``hybrid-router serve`` refuses to start on any of them and
     ``hybrid-router config check`` reports them.
@@ -93,7 +98,7 @@ def startup_problems(server: ServerSettings, auth: AuthSettings, checker: KeyChe
         f"set client keys (plain keys, comma-separated, in ${auth.api_keys_env}, "
         "or `hybrid-router auth hash KEY` into auth.api_key_hashes)"
     )
-    if not checker.enabled and not auth.allow_unauthenticated and not is_loopback(server.host):
+    if not (checker.enabled or stored_keys) and not auth.allow_unauthenticated and not is_loopback(server.host):
         problems.append(
             f"refusing to serve on {server.host}:{server.port} without client keys: anyone who can reach that "
             f"address could use the gateway and spend its cloud keys. Do one of: {keys_hint}; or listen on "

@@ -37,13 +37,16 @@ from router.errors import (
 )
 from router.features import Features
 from router.policies.distilled import DISTILLED_ROUTE, DistilledRoute
+from router.policies.latency import DEADLINE_MS
 from router.resilience.failover import FailoverBackend
 from router.router import Decision, ShadowReport
 from router.sessions import SESSION_ID
 from router.tasks import tag_task
 from service.capture import Answer, AnswerCollector
+from service.clients import DEFAULT_TENANT, Client
 from service.gateway import Gateway, Runtime
 from service.settings import LimitSettings
+from service.spend import Admission
 from service.streaming import DONE, ClientGone, EventStreamResponse, cancel_on_disconnect, sse_event
 
 __all__ = ["chat_completions", "chat_openapi", "check_limits", "dry_run_route", "parse_chat_request", "read_body"]
@@ -241,6 +244,11 @@ class _Outcome:
     fallback: str | None = None
     # The decision's features, for the capture of cloud answers (service/capture.py).
     features: Features | None = None
+    tenant: str = DEFAULT_TENANT
+    # Spend control's record of this request (its rate counts and budget hold), settled in _finish.
+    admission: Admission | None = None
+    # Characters of answer relayed so far: a stream cut before its usage is charged on them.
+    relayed_chars: int = 0
 
 
 async def chat_completions(request: Request) -> Response:
@@ -251,8 +259,9 @@ async def chat_completions(request: Request) -> Response:
     streaming = False
     gateway.metrics.in_flight.inc()
     try:
-        chat = await _parse(request, gateway)
-        outcome.stream = chat.stream
+        chat, client = await _parse(request, gateway)
+        outcome.stream, outcome.tenant = chat.stream, client.tenant
+        outcome.admission = gateway.spend.begin(client, chat)
         backend = await _decide(request, gateway, chat, outcome, request_id)
         if not chat.stream:
             return await _complete(request, gateway, backend, chat, outcome)
@@ -275,8 +284,8 @@ async def chat_completions(request: Request) -> Response:
             _finish(gateway, outcome, request_id, chat)
 
 
-async def _parse(request: Request, gateway: Runtime) -> ChatRequest:
-    gateway.auth.check(request.headers.get("authorization"))
+async def _parse(request: Request, gateway: Runtime) -> tuple[ChatRequest, Client]:
+    client = await gateway.clients.identify(request.headers.get("authorization"))
     limits = gateway.settings.limits
     chat = parse_chat_request(await read_body(request, limits.max_body_bytes, gateway.settings.server.body_timeout_s))
     check_limits(chat, limits)
@@ -284,12 +293,32 @@ async def _parse(request: Request, gateway: Runtime) -> ChatRequest:
     if session and _REQUEST_ID.fullmatch(session):
         chat.memo[SESSION_ID] = session
     tag_task(chat, request.headers.get("x-task"))
-    return chat
+    deadline = request.headers.get("x-deadline-ms")
+    if deadline is not None:
+        chat.memo[DEADLINE_MS] = _deadline_ms(deadline)
+    return chat, client
+
+
+def _deadline_ms(value: str) -> int:
+    """The ``x-deadline-ms`` header: whole milliseconds, 1 to 3,600,000."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 3_600_000:
+        raise InvalidRequest("The x-deadline-ms header must be whole milliseconds between 1 and 3600000.",
+                             param="x-deadline-ms")  # fmt: skip
+    return int(text)
 
 
 async def _decide(request: Request, gateway: Runtime, chat: ChatRequest, outcome: _Outcome, request_id: str) -> Backend:
-    decision = await gateway.router.decide(chat)
-    gateway.metrics.decision.observe(decision.decision_ms / 1000)
+    router = gateway.router
+    first = await router.decide(chat)
+    gateway.metrics.decision.observe(first.decision_ms / 1000)
+    decision = first
+    if first.error is None and outcome.admission is not None:
+        # Rate limits and budgets, now that the target (and so the price) is known; a limit that spills
+        # to the edge routes the request again without the priced targets.
+        decision = await gateway.spend.admit(
+            outcome.admission, chat, first, lambda rule_out: router.redecide(chat, first, rule_out)
+        )
     request.state.route_headers = route_headers(decision, request_id)
     outcome.decided_by, outcome.reason = decision.decided_by, decision.reason
     outcome.features = decision.features
@@ -380,6 +409,7 @@ async def _events(
                     outcome.first_token_s = time.perf_counter() - outcome.started
                 if collector is not None:
                     collector.feed(chunk)
+                outcome.relayed_chars += _text_length(chunk)
                 yield sse_event(chunk)
             async with asyncio.timeout_at(deadline):
                 chunk = await anext(chunks, None)
@@ -415,7 +445,8 @@ def _note_cascade(request: Request, gateway: Runtime, backend: Backend, outcome:
     headers["x-route-target"] = cascade.target
     headers["x-route-cascade"] = cascade.describe().encode("ascii", "replace").decode()[:200]
     profile = gateway.router.profiles[cascade.first]
-    gateway.metrics.record_cascade(cascade, price_input=profile.price_input, price_output=profile.price_output)
+    gateway.metrics.record_cascade(cascade, price_input=profile.price_input, price_output=profile.price_output,
+                                   tenant=outcome.tenant)  # fmt: skip
 
 
 def _note_failover(request: Request, gateway: Runtime, backend: Backend, outcome: _Outcome) -> None:
@@ -450,13 +481,13 @@ def _capture(gateway: Runtime, chat: ChatRequest, outcome: _Outcome, answer: Ans
     if gateway.router.shadows_answers and answer.finish_reason == "stop" and answer.text is not None:
         escalated = outcome.cascade is not None and outcome.cascade.escalated
         gateway.router.observe_answer(chat, outcome.target, answer.text, escalated=escalated,
-                                      report=_shadow_report(gateway, chat))  # fmt: skip
+                                      report=_shadow_report(gateway, chat, outcome.tenant))  # fmt: skip
     if gateway.capturer is not None:
-        # Client keys carry no label yet, so no request names its tenant.
-        gateway.capturer.consider(chat, answer, target=outcome.target, features=outcome.features, tenant=None)
+        gateway.capturer.consider(chat, answer, target=outcome.target, features=outcome.features,
+                                  tenant=outcome.tenant)  # fmt: skip
 
 
-def _shadow_report(gateway: Runtime, chat: ChatRequest) -> ShadowReport:
+def _shadow_report(gateway: Runtime, chat: ChatRequest, tenant: str) -> ShadowReport:
     route = chat.memo.get(DISTILLED_ROUTE)
     label = route.route if isinstance(route, DistilledRoute) else "none"
 
@@ -466,9 +497,42 @@ def _shadow_report(gateway: Runtime, chat: ChatRequest) -> ShadowReport:
             # A shadow answer is paid for like any other.
             profile = gateway.router.profiles[target]
             gateway.metrics.record_usage(target, result.usage, price_input=profile.price_input,
-                                         price_output=profile.price_output)  # fmt: skip
+                                         price_output=profile.price_output, tenant=tenant)  # fmt: skip
 
     return report
+
+
+def _text_length(chunk: ChatChunk) -> int:
+    size = 0
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if isinstance(content, str):
+            size += len(content)
+        for call in delta.get("tool_calls") or ():
+            arguments = (call.get("function") or {}).get("arguments")
+            size += len(arguments) if isinstance(arguments, str) else 0
+    return size
+
+
+def _charges(gateway: Runtime, outcome: _Outcome) -> dict[str, Usage]:
+    """Usage per target the request used: the answering target's, and a cascade's first target's when it
+    escalated. A stream cut before its usage arrived is charged on what was relayed (4 characters a token,
+    the prompt as the classifier counted it)."""
+    charges: dict[str, Usage] = {}
+    if outcome.target in gateway.router.profiles:
+        usage = outcome.usage
+        if usage is None and outcome.relayed_chars:
+            prompt = outcome.features.prompt_tokens if outcome.features else 0
+            usage = Usage(prompt, max(1, outcome.relayed_chars // 4))
+        if usage is not None:
+            charges[outcome.target] = usage
+    cascade = outcome.cascade
+    if cascade is not None and cascade.escalated:
+        first = charges.get(cascade.first, Usage())
+        charges[cascade.first] = Usage(first.prompt_tokens + cascade.first_usage.prompt_tokens,
+                                       first.completion_tokens + cascade.first_usage.completion_tokens)  # fmt: skip
+    return charges
 
 
 def _has_output(chunk: ChatChunk) -> bool:
@@ -485,13 +549,21 @@ def _finish(gateway: Runtime, outcome: _Outcome, request_id: str, chat: ChatRequ
     elapsed = time.perf_counter() - outcome.started
     metrics = gateway.metrics
     metrics.in_flight.dec()
-    metrics.requests.labels(outcome.target, outcome.decided_by, str(outcome.status)).inc()
+    metrics.requests.labels(outcome.target, outcome.decided_by, str(outcome.status), outcome.tenant).inc()
+    if outcome.admission is not None:
+        served = outcome.status == 200 or outcome.relayed_chars > 0
+        gateway.spend.settle(outcome.admission, _charges(gateway, outcome), served=served)
     if outcome.target != "none":
         metrics.latency.labels(outcome.target, "true" if outcome.stream else "false").observe(elapsed)
         if outcome.status == 200:
             # An escalated answer's own latency, without the first target's wasted seconds.
             wasted = outcome.cascade.first_seconds if outcome.cascade and outcome.cascade.escalated else 0.0
             gateway.router.observe_latency(outcome.target, ((outcome.first_token_s or elapsed) - wasted) * 1000)
+            if outcome.first_token_s is not None and outcome.usage is not None:
+                gateway.router.observe_timing(
+                    outcome.target, ttft_ms=(outcome.first_token_s - wasted) * 1000, total_ms=(elapsed - wasted) * 1000,
+                    completion_tokens=outcome.usage.completion_tokens,
+                )  # fmt: skip
         if chat is not None:
             gateway.router.observe_outcome(chat, outcome.target, outcome.status == 200)
     if outcome.first_token_s is not None:
@@ -503,11 +575,11 @@ def _finish(gateway: Runtime, outcome: _Outcome, request_id: str, chat: ChatRequ
             metrics.decode_rate.labels(outcome.target).observe(rate)
     if outcome.usage is not None and outcome.target != "none":
         profile = gateway.router.profiles[outcome.target]
-        metrics.record_usage(
-            outcome.target, outcome.usage, price_input=profile.price_input, price_output=profile.price_output
-        )
+        metrics.record_usage(outcome.target, outcome.usage, price_input=profile.price_input,
+                             price_output=profile.price_output, tenant=outcome.tenant)  # fmt: skip
     fields: dict[str, Any] = {
         "request_id": request_id,
+        "tenant": outcome.tenant,
         "target": outcome.target,
         "reason": outcome.reason,
         "decided_by": outcome.decided_by,
@@ -525,6 +597,8 @@ def _finish(gateway: Runtime, outcome: _Outcome, request_id: str, chat: ChatRequ
         fields["cascade"] = outcome.cascade.describe()
     if outcome.fallback is not None:
         fields["fallback"] = outcome.fallback
+    if outcome.admission is not None and outcome.admission.edge_only is not None:
+        fields["limit"] = outcome.admission.edge_only
     if chat is not None and gateway.settings.logging.log_prompts:
         fields["prompt"] = chat.prompt_text
     log.info("chat completion", extra=fields)
@@ -534,7 +608,9 @@ async def dry_run_route(request: Request) -> Response:
     gateway = _hold(request)
     request.state.request_id = request_id = request_id_for(request)
     try:
-        chat = await _parse(request, gateway)
+        chat, client = await _parse(request, gateway)
+        # The key's allowed targets shape the answer; rate limits and budgets are not spent on a dry run.
+        gateway.spend.begin(client, chat)
         decision = await gateway.router.decide(chat)
     finally:
         gateway.release()

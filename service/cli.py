@@ -1,9 +1,10 @@
 """The ``hybrid-router`` command.
 
-    hybrid-router serve [--config FILE] [--host H] [--port P]
+    hybrid-router serve [--config FILE] [--host H] [--port P] [--workers N]
     hybrid-router config check FILE
     hybrid-router route [--config FILE] < request.json
     hybrid-router auth hash KEY
+    hybrid-router keys create | list | revoke ...      (see service/keys_cli.py)
     hybrid-router edge build [--precision P] [--out DIR] [--force]
     hybrid-router router train | eval | calibrate ...   (see router/training/cli.py)
     hybrid-router distill data stats | purge ...       (see edge_models/distill/cli.py)
@@ -37,8 +38,10 @@ def _serve(args: argparse.Namespace) -> int:
     # --host/--port beat the file and env vars, on every reload too.
     source = ConfigSource.resolve(args.config, **({"server": given} if given else {}))
     settings = source.load()
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
     configure_logging(settings.logging)
-    serve(settings, source=source)
+    serve(settings, source=source, workers=args.workers)
     return 0
 
 
@@ -58,6 +61,11 @@ def _config_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK (config_version {settings.config_version})")
     print(f"  targets:  {targets}")
     print(f"  policies: {policies}")
+    scheme, _, rest = settings.state.url.partition("://")
+    # Never the password a Redis URL may carry.
+    print(f"  state:    {scheme}://{rest.rpartition('@')[2]} (on outage: {settings.state.on_outage})")
+    if settings.tenants:
+        print(f"  tenants:  {', '.join(settings.tenants)}")
     if gateway.auth.enabled:
         print(f"  auth:     client keys required on {server.host}:{server.port}")
     else:
@@ -114,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config (default: $HYBRID_ROUTER_CONFIG or the embedded default)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="gateway processes on one socket (budgets and limits need a shared state.url)")  # fmt: skip
     serve.set_defaults(handler=_serve)
 
     config = commands.add_parser("config", help="configuration tools").add_subparsers(dest="sub", required=True)
@@ -129,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     hash_cmd = auth.add_parser("hash", help="print the sha256 form of a client key for auth.api_key_hashes")
     hash_cmd.add_argument("key")
     hash_cmd.set_defaults(handler=_auth_hash)
+
+    from service.keys_cli import add_keys_commands
+
+    add_keys_commands(commands)
 
     edge = commands.add_parser("edge", help="local model tools").add_subparsers(dest="sub", required=True)
     build = edge.add_parser("build", help="build the default edge model into ONNX")

@@ -21,7 +21,7 @@ def _json(body: object, status: int = 200) -> Response:
 async def list_models(request: Request) -> Response:
     """``auto`` plus each target, in OpenAI's model-list shape with routing extras."""
     gateway: Runtime = request.app.state.gateway.runtime  # one config throughout
-    gateway.auth.check(request.headers.get("authorization"))
+    await gateway.clients.identify(request.headers.get("authorization"))
     data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "hybrid-router"}]
     for name, backend in gateway.backends.items():
         state = backend.readiness()
@@ -61,7 +61,7 @@ async def readyz(request: Request) -> Response:
     paths. A caller with a valid client key gets those reasons and details.
     """
     gateway: Runtime = request.app.state.gateway.runtime  # one config throughout
-    private = gateway.auth.authenticated(request.headers.get("authorization"))
+    private = await gateway.clients.authenticated(request.headers.get("authorization"))
     targets = {}
     for name, backend in gateway.backends.items():
         state = backend.readiness()
@@ -84,5 +84,5 @@ async def metrics(request: Request) -> Response:
     var names; ``server.metrics_auth`` puts it behind a client key."""
     gateway: Runtime = request.app.state.gateway.runtime  # one config throughout
     if gateway.settings.server.metrics_auth:
-        gateway.auth.check(request.headers.get("authorization"))
+        await gateway.clients.identify(request.headers.get("authorization"))
     return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -39,12 +40,15 @@ from router.policies.registry import build_policies, policy_requirements
 from router.policies.sticky import StickyPolicy
 from router.resilience.guarded import guard
 from router.router import Router, TargetProfile, describe_targets
+from router.state import StateStore, open_store
 from router.tokens import EstimateCounter, TokenCounter
 from service.auth import KeyChecker, startup_problems
 from service.capture import CapturePool, Capturer, LazyDetector
+from service.clients import ClientDirectory, config_records
 from service.distill_auto import AutoDistiller
 from service.metrics import BackendStatsCollector, DistillHealthCollector, GatewayMetrics
 from service.settings import ConfigSource, Settings, keep_restart_only
+from service.spend import SpendControl, StoreHealth
 
 __all__ = ["Gateway", "LocalModelCounter", "ReloadResult", "Runtime"]
 
@@ -81,6 +85,9 @@ class Runtime:
     auth: KeyChecker
     metrics: GatewayMetrics
     backend_keys: Mapping[str, Key]
+    # Who is calling (config keys, then the state store's), and their limits, holds and settlements.
+    clients: ClientDirectory
+    spend: SpendControl
     users: int = 0
     idle: asyncio.Event = field(default_factory=_idle)
     # distill.capture for this config; None while it is off (the default).
@@ -152,6 +159,9 @@ class Gateway:
         self._draining: set[asyncio.Task[None]] = set()
         registry = registry if registry is not None else CollectorRegistry()
         self.metrics = GatewayMetrics(registry)
+        # Budgets, rate windows and run-time keys: opened once (state.url needs a restart), no I/O yet.
+        self.store: StateStore = open_store(settings.state.url)
+        self.store_health = StoreHealth(self.metrics)
         if backends is None:
             backends = {name: self._create_backend(name, cfg) for name, cfg in settings.targets.items()}
         else:
@@ -206,6 +216,7 @@ class Gateway:
             runtime = self._runtime
             await asyncio.gather(*(backend.start() for backend in runtime.backends.values()))
             await asyncio.to_thread(runtime.classifier.start)
+            await runtime.clients.refresh()
             self._auto = _auto_distiller(runtime, self.metrics)
             if self._auto is not None:
                 self._auto.start()
@@ -221,6 +232,9 @@ class Gateway:
         for task in self._draining:
             task.cancel()
         await asyncio.gather(*self._draining, return_exceptions=True)
+        # Settlements in flight charge what their requests cost before the store closes.
+        await self._runtime.spend.drain()
+        await self.store.close()
         await asyncio.to_thread(self._capture.close)
         for _, classifier in self._classifiers.drain():
             classifier.close()
@@ -293,7 +307,9 @@ class Gateway:
                     fresh[name] = self._create_backend(name, cfg)
             backends = {name: fresh[name] if name in fresh else self._backends.need(key) for name, key in keys.items()}
             runtime = self._assemble(settings, backends, keys)
-            problems = startup_problems(settings.server, settings.auth, runtime.auth)
+            # Keys in the state store count as keys (as the running config last saw them).
+            problems = startup_problems(settings.server, settings.auth, runtime.auth,
+                                        stored_keys=running.clients.enabled)  # fmt: skip
             if problems:
                 raise ConfigError(" ".join(problems))
             _keep_sessions(running, runtime)
@@ -335,6 +351,11 @@ class Gateway:
         classifier = self._classifiers.get(_plan_key(plan))
         if classifier is None:
             classifier = ConfiguredClassifier(plan, token_counter=self._counter)
+        if not settings.state.url.startswith("memory://"):
+            # Sticky conversations live in the shared store too, so every worker and replica keeps them.
+            for policy in policies:
+                if isinstance(policy, StickyPolicy):
+                    policy.share(self.store.kv)
         router = Router(
             backends=backends,
             policies=policies,
@@ -343,13 +364,23 @@ class Gateway:
             config_version=settings.config_version,
         )
         auth = KeyChecker.from_settings(settings.auth, self._environ)
+        environ = os.environ if self._environ is None else self._environ
+        clients = ClientDirectory(config_records(settings.auth, environ), self.store.keys,
+                                  cache_s=settings.state.key_cache_s)  # fmt: skip
+        spend = SpendControl(
+            self.store, tenants=settings.tenants, state=settings.state, spend=settings.spend, profiles=profiles,
+            local=frozenset(name for name, backend in backends.items() if backend.capabilities.local),
+            max_tokens={name: int(own) for name, cfg in settings.targets.items()
+                        if name in backends and (own := getattr(cfg, "default_max_tokens", None))},
+            metrics=self.metrics, health=self.store_health,
+        )  # fmt: skip
         capturer = self._capture.capturer(
             settings.distill.capture,
             detector=LazyDetector(lambda: classifier.loaded.detector),
             local_targets={name for name, backend in backends.items() if backend.capabilities.local},
             count=self.metrics.record_capture,
         )
-        return Runtime(settings, router, classifier, auth, self.metrics, keys, capturer=capturer)
+        return Runtime(settings, router, classifier, auth, self.metrics, keys, clients, spend, capturer=capturer)
 
     def _hold_parts(self, runtime: Runtime) -> None:
         for name, key in runtime.backend_keys.items():

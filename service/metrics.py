@@ -38,8 +38,8 @@ class GatewayMetrics:
         self.registry = registry
         p = "hybrid_router_"
         self.requests = Counter(
-            p + "requests", "Chat requests by target, decision reason source and HTTP status.",
-            ["target", "decided_by", "status"], registry=registry,
+            p + "requests", "Chat requests by target, decision reason source, HTTP status and tenant.",
+            ["target", "decided_by", "status", "tenant"], registry=registry,
         )  # fmt: skip
         self.latency = Histogram(
             p + "request_duration_seconds", "End-to-end chat request latency by target.",
@@ -58,13 +58,35 @@ class GatewayMetrics:
             buckets=_DECISION_BUCKETS, registry=registry,
         )  # fmt: skip
         self.tokens = Counter(
-            p + "tokens", "Tokens by target and direction (in = prompt, out = completion).",
-            ["target", "direction"], registry=registry,
+            p + "tokens", "Tokens by target, direction (in = prompt, out = completion) and tenant.",
+            ["target", "direction", "tenant"], registry=registry,
         )  # fmt: skip
         self.cost = Counter(
-            p + "cost_usd", "Estimated spend in USD by target, from the configured price table.",
-            ["target"], registry=registry,
+            p + "cost_usd", "Estimated spend in USD by target and tenant, from the configured price table.",
+            ["target", "tenant"], registry=registry,
         )  # fmt: skip
+        self.cost_saved = Counter(
+            p + "cost_saved_usd", "What the edge's answers would have cost on the cloud (spend.saved_against's "
+            "prices), by tenant.", ["tenant"], registry=registry,
+        )  # fmt: skip
+        self.budget_remaining = Gauge(
+            p + "budget_remaining_usd", "USD left in a budget's current window (after settled spend and holds), "
+            "as of its last settlement.", ["subject", "window"], registry=registry,
+        )  # fmt: skip
+        self.budget_exhausted = Counter(
+            p + "budget_exhausted", "Requests that found a budget without room, by tenant and window.",
+            ["tenant", "window"], registry=registry,
+        )  # fmt: skip
+        self.rate_limited = Counter(
+            p + "rate_limited", "Requests over a rate limit, by tenant and kind (requests or tokens).",
+            ["tenant", "kind"], registry=registry,
+        )  # fmt: skip
+        self.state_store_up = Gauge(
+            p + "state_store_up", "0 while the state store (budgets, rate windows, keys) cannot be reached.",
+            registry=registry,
+        )  # fmt: skip
+        self.state_store_up.set(1)
+        self.state_store_errors = Counter(p + "state_store_errors", "State store calls that failed.", registry=registry)
         self.upstream_errors = Counter(
             p + "upstream_errors", "Failed target calls by target and error kind.",
             ["target", "kind"], registry=registry,
@@ -135,21 +157,26 @@ class GatewayMetrics:
         """One upstream call and how it ended (a :class:`~router.resilience.GuardedBackend` observer)."""
         self.upstream_attempts.labels(target, outcome).inc()
 
-    def record_usage(self, target: str, usage: Usage, *, price_input: float, price_output: float) -> None:
-        self.tokens.labels(target, "in").inc(usage.prompt_tokens)
-        self.tokens.labels(target, "out").inc(usage.completion_tokens)
+    def record_usage(
+        self, target: str, usage: Usage, *, price_input: float, price_output: float, tenant: str = "default"
+    ) -> None:
+        self.tokens.labels(target, "in", tenant).inc(usage.prompt_tokens)
+        self.tokens.labels(target, "out", tenant).inc(usage.completion_tokens)
         cost = (usage.prompt_tokens * price_input + usage.completion_tokens * price_output) / 1e6
         if cost:
-            self.cost.labels(target).inc(cost)
+            self.cost.labels(target, tenant).inc(cost)
 
-    def record_cascade(self, outcome: CascadeOutcome, *, price_input: float, price_output: float) -> None:
+    def record_cascade(
+        self, outcome: CascadeOutcome, *, price_input: float, price_output: float, tenant: str = "default"
+    ) -> None:
         """Count what a cascade did; an escalation's seconds and tokens on the first target are waste."""
         if not outcome.escalated:
             self.cascade_kept.labels(outcome.first).inc()
             return
         self.cascade_escalations.labels(outcome.first, outcome.then).inc()
         self.cascade_wasted.labels(outcome.first).observe(outcome.first_seconds)
-        self.record_usage(outcome.first, outcome.first_usage, price_input=price_input, price_output=price_output)
+        self.record_usage(outcome.first, outcome.first_usage, price_input=price_input, price_output=price_output,
+                          tenant=tenant)  # fmt: skip
 
 
 class BackendStatsCollector(Collector):

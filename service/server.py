@@ -32,6 +32,7 @@ import contextlib
 import http
 import logging
 import signal
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -264,8 +265,9 @@ def build_servers(settings: Settings, app: ASGIApp, metrics_app: ASGIApp | None 
     return servers
 
 
-async def run_servers(servers: Sequence[uvicorn.Server]) -> None:
-    """Run the companions, then the main server until it exits; the companions stop with it."""
+async def run_servers(servers: Sequence[uvicorn.Server], sockets: list[socket.socket] | None = None) -> None:
+    """Run the companions, then the main server (on ``sockets`` when given) until it exits; the companions stop
+    with it."""
     main, *companions = servers
     tasks = [asyncio.create_task(companion.serve()) for companion in companions]
     try:
@@ -274,27 +276,61 @@ async def run_servers(servers: Sequence[uvicorn.Server]) -> None:
             while not companion.started and not task.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         if not any(task.done() for task in tasks):
-            await main.serve()
+            await main.serve(sockets=sockets)
     finally:
         for companion in companions:
             companion.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def serve(settings: Settings, *, source: ConfigSource | None = None) -> None:
+def _store_has_keys(url: str) -> bool:
+    """Whether the state store holds a live client key, asked once before serving (on a store of its own: the
+    app's is opened in the serving loop)."""
+    if url.startswith("memory://"):
+        return False
+    from router.errors import StateUnavailable
+    from router.state import open_store
+
+    async def ask() -> bool:
+        store = open_store(url)
+        try:
+            return bool(await store.keys.list())
+        except StateUnavailable:
+            return False
+        finally:
+            await store.close()
+
+    return asyncio.run(ask())
+
+
+def serve(
+    settings: Settings,
+    *,
+    source: ConfigSource | None = None,
+    sockets: list[socket.socket] | None = None,
+    workers: int = 1,
+) -> None:
     """Check that serving is safe, then serve until SIGINT or SIGTERM (``hybrid-router serve``).
 
     With ``source``, the file ``settings`` came from, SIGHUP or a change to the
-    file reloads the config (README, "Hot reload").
+    file reloads the config (README, "Hot reload"). ``sockets``: accept on
+    these (a worker of :mod:`service.workers`) instead of binding
+    ``server.host:port``. ``workers`` > 1 runs that many processes.
     """
+    if workers > 1:
+        from service.workers import serve_workers
+
+        serve_workers(settings, source=source, workers=workers)
+        return
     app = create_app(settings, source=source, reload_signal=signal.SIGHUP if source is not None else None)
     gateway = app.state.gateway
-    problems = startup_problems(settings.server, settings.auth, gateway.auth)
+    stored = not gateway.auth.enabled and _store_has_keys(settings.state.url)
+    problems = startup_problems(settings.server, settings.auth, gateway.auth, stored_keys=stored)
     if problems:
         raise ConfigError(" ".join(problems))
-    if not gateway.auth.enabled:
+    if not gateway.auth.enabled and not stored:
         log.warning(open_access_warning(settings.server.host, settings.server.port, settings.auth))
     metrics_app = create_metrics_app(gateway) if settings.server.metrics_port is not None else None
     servers = build_servers(settings, app, metrics_app)
     with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
-        runner.run(run_servers(servers))
+        runner.run(run_servers(servers, sockets))

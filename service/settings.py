@@ -33,12 +33,17 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG_PATH",
     "AuthSettings",
+    "ClientKeySettings",
     "ConfigSource",
     "DistillSettings",
     "LimitSettings",
     "LoggingSettings",
     "ServerSettings",
     "Settings",
+    "SpendLimits",
+    "SpendSettings",
+    "StateSettings",
+    "TenantSettings",
     "keep_restart_only",
     "load_settings",
 ]
@@ -108,6 +113,40 @@ class ServerSettings(_Section):
         return self
 
 
+def _check_hash(item: str) -> str:
+    algo, _, digest = item.partition(":")
+    if algo != "sha256" or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("each hash must be 'sha256:' followed by 64 lowercase hex digits")
+    return item
+
+
+class SpendLimits(_Section):
+    """The limits of one tenant or one client key; an unset one is no limit of that kind.
+
+    Rates are over a sliding minute; budgets over the calendar day and month in UTC.
+    """
+
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
+    usd_per_day: Annotated[float, Field(ge=0)] | None = None
+    usd_per_month: Annotated[float, Field(ge=0)] | None = None
+
+
+class ClientKeySettings(_Section):
+    """A client key given in config: its hash, tenant, own limits and the targets it may use (all when unset)."""
+
+    hash: str
+    tenant: str = Field(default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    label: str = Field(default="", max_length=200)
+    limits: SpendLimits = Field(default_factory=SpendLimits)
+    allowed_targets: list[str] | None = None
+
+    @field_validator("hash")
+    @classmethod
+    def _hash_well_formed(cls, value: str) -> str:
+        return _check_hash(value)
+
+
 class AuthSettings(_Section):
     """Client keys. With none configured, the gateway serves anyone who can reach it,
     so it then starts only on a loopback address (a sidecar), or with
@@ -115,10 +154,14 @@ class AuthSettings(_Section):
 
     Keys are stored as ``sha256:<hex>`` hashes (``hybrid-router auth hash KEY``
     prints one), or given in plain text through the env var named by
-    ``api_keys_env`` (comma-separated), which is hashed at start-up.
+    ``api_keys_env`` (comma-separated), which is hashed at start-up. Keys in
+    ``api_key_hashes`` and the env var belong to the tenant ``default``;
+    ``keys`` gives each its tenant, limits and allowed targets, and
+    ``hybrid-router keys create`` adds keys to the state store at run time.
     """
 
     api_key_hashes: list[str] = Field(default_factory=list)
+    keys: list[ClientKeySettings] = Field(default_factory=list)
     api_keys_env: str = "HYBRID_ROUTER_API_KEYS"
     allow_unauthenticated: bool = Field(
         default=False,
@@ -129,11 +172,68 @@ class AuthSettings(_Section):
     @field_validator("api_key_hashes")
     @classmethod
     def _hashes_well_formed(cls, value: list[str]) -> list[str]:
-        for item in value:
-            algo, _, digest = item.partition(":")
-            if algo != "sha256" or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                raise ValueError("each hash must be 'sha256:' followed by 64 lowercase hex digits")
+        return [_check_hash(item) for item in value]
+
+    @model_validator(mode="after")
+    def _each_key_once(self) -> AuthSettings:
+        hashes = [key.hash for key in self.keys]
+        if len(set(hashes)) != len(hashes) or set(hashes) & set(self.api_key_hashes):
+            raise ValueError("a key hash is listed twice (auth.keys, auth.api_key_hashes)")
+        return self
+
+
+class TenantSettings(_Section):
+    """One tenant: its limits, and what happens to its requests past them.
+
+    ``edge``: the request is served by a local target (which costs nothing), if
+    one can serve it; ``reject``: 429 naming the limit, with ``Retry-After``.
+    """
+
+    limits: SpendLimits = Field(default_factory=SpendLimits)
+    on_budget_exhausted: Literal["reject", "edge"] = "reject"
+    on_rate_limited: Literal["reject", "edge"] = "reject"
+
+
+class StateSettings(_Section):
+    """Where budgets, rate windows and run-time client keys live, and what to do when that store is down.
+
+    ``url``: ``memory://`` (this process only: the default, fine for one
+    worker), ``sqlite:///<path>`` (every worker of one machine; four slashes
+    for an absolute path) or ``redis://host:port/db`` (many replicas).
+    ``on_outage``: ``edge`` serves requests on local targets only until the
+    store is back (nothing is charged or counted meanwhile); ``reject`` answers 503.
+    """
+
+    url: str = "memory://"
+    on_outage: Literal["edge", "reject"] = "edge"
+    # A hold outlives the longest request (limits.request_timeout_s) and then frees itself (a crashed worker's).
+    hold_ttl_s: Annotated[float, Field(gt=0)] = 900.0
+    # Seconds a looked-up run-time key is trusted before the store is asked again (revocation takes this long).
+    key_cache_s: Annotated[float, Field(ge=0)] = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("memory", "sqlite", "redis", "rediss", "unix"):
+            raise ValueError("use memory://, sqlite:///<path>, redis://<host>:<port>/<db>, rediss://… or unix://…")
+        if scheme == "sqlite" and (not rest.startswith("/") or rest == "/"):
+            raise ValueError("a SQLite URL is sqlite:///<relative path> or sqlite:////<absolute path>")
         return value
+
+
+class SpendSettings(_Section):
+    """How spend is estimated and reported."""
+
+    default_max_tokens: Annotated[int, Field(ge=1)] = Field(
+        default=4096,
+        description="Output tokens a budget hold assumes for a request that sets no max_tokens (targets with a "
+        "default_max_tokens use theirs). Holds are upper bounds, so a budget is never overshot.",
+    )
+    saved_against: str | None = Field(
+        default=None,
+        description="The target whose prices value edge tokens in cost_saved_usd_total; default: the priciest.",
+    )
 
 
 class LimitSettings(_Section):
@@ -202,6 +302,22 @@ class Settings(BaseSettings):
     policies: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "explicit"}])
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     distill: DistillSettings = Field(default_factory=DistillSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    tenants: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")], TenantSettings] = Field(
+        default_factory=dict
+    )
+    spend: SpendSettings = Field(default_factory=SpendSettings)
+
+    @model_validator(mode="after")
+    def _spend_names_targets(self) -> Settings:
+        known = set(self.targets)
+        for index, key in enumerate(self.auth.keys):
+            unknown = sorted(set(key.allowed_targets or ()) - known)
+            if unknown:
+                raise ValueError(f"auth.keys.{index}.allowed_targets: unknown target(s) {', '.join(unknown)}")
+        if self.spend.saved_against is not None and self.spend.saved_against not in known:
+            raise ValueError(f"spend.saved_against: unknown target {self.spend.saved_against!r}")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -299,8 +415,14 @@ class ConfigSource:
 
 
 # What a running gateway can change. The rest of ``server`` is bound when it starts (sockets, the connection
-# protocol's deadlines and caps, the request-cap middleware), and logging is configured once by the CLI.
-_LIVE_KEYS = {"server": frozenset({"metrics_auth", "reload_poll_s"}), "logging": frozenset({"log_prompts"})}
+# protocol's deadlines and caps, the request-cap middleware), logging is configured once by the CLI, and the
+# state store (``state.url``) is opened once.
+_LIVE_KEYS = {
+    "server": frozenset({"metrics_auth", "reload_poll_s"}),
+    "logging": frozenset({"log_prompts"}),
+    # The store is opened once; what to do when it is down, and for how long holds and keys last, are live.
+    "state": frozenset({"on_outage", "hold_ttl_s", "key_cache_s"}),
+}
 
 
 def keep_restart_only(running: Settings, loaded: Settings) -> tuple[Settings, list[str]]:

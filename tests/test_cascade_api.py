@@ -117,10 +117,10 @@ def test_escalations_and_the_wasted_edge_time_are_counted(client_for: ClientFact
     assert m["hybrid_router_cascade_escalated_edge_seconds_count"] == {(("target", "edge"),): 2.0}
     assert m["hybrid_router_cascade_escalated_edge_seconds_sum"][(("target", "edge"),)] >= 0.1
     # The edge's wasted tokens are counted against the edge; the answer's against the cloud.
-    assert m["hybrid_router_tokens_total"][(("direction", "in"), ("target", "edge"))] == 22
-    assert m["hybrid_router_tokens_total"][(("direction", "out"), ("target", "edge"))] == 4
+    assert m["hybrid_router_tokens_total"][(("direction", "in"), ("target", "edge"), ("tenant", "default"))] == 22
+    assert m["hybrid_router_tokens_total"][(("direction", "out"), ("target", "edge"), ("tenant", "default"))] == 4
     assert m["hybrid_router_requests_total"] == {
-        (("decided_by", "cascade"), ("status", "200"), ("target", "cloud")): 2.0
+        (("decided_by", "cascade"), ("status", "200"), ("target", "cloud"), ("tenant", "default")): 2.0
     }
     # The client waited for the edge too: that time is in the request's latency.
     latency = m["hybrid_router_request_duration_seconds_sum"]

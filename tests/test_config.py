@@ -111,7 +111,7 @@ def test_unknown_policy_lists_the_valid_ones(tmp_path: Path) -> None:
         Gateway.from_settings(settings)
     assert caught.value.message == (
         "policies[0].type: unknown policy type 'privcy'; valid types: capability, cascade, context_window, default, "
-        "difficulty, distilled, explicit, privacy, semantic, sticky, weighted, or an import path 'module:Class'"
+        "difficulty, distilled, explicit, latency, privacy, semantic, sticky, weighted, or an import path 'module:Class'"
     )
 
 
@@ -156,7 +156,7 @@ def test_custom_policy_loads_from_entry_point(tmp_path: Path, monkeypatch: pytes
     assert [type(p).__name__ for p in gateway.router.policies] == ["PreferTarget"]
     with pytest.raises(
         ConfigError,
-        match="valid types: capability, cascade, context_window, default, difficulty, distilled, explicit, night",
+        match="valid types: capability, cascade, context_window, default, difficulty, distilled, explicit, latency, night",
     ):
         Gateway.from_settings(load_settings(write(tmp_path, "targets: {e: {type: fake}}\npolicies: [{type: nite}]\n")))
 

@@ -20,7 +20,7 @@ ALL_ERRORS = [
 
 EXPECTED_STATUS = {
     "InvalidRequest": 400, "ContextLengthExceeded": 400, "UnknownModel": 404, "PayloadTooLarge": 413,
-    "AuthenticationFailed": 401, "PolicyViolation": 403, "RateLimited": 429, "NoTargetAvailable": 503,
+    "AuthenticationFailed": 401, "PolicyViolation": 403, "RateLimited": 429, "BudgetExhausted": 429, "NoTargetAvailable": 503,
     "BackendError": 502, "BackendBusy": 503, "UpstreamTimeout": 504, "UpstreamConnectError": 502,
     "UpstreamRateLimited": 429, "UpstreamAuthError": 502, "UpstreamBadRequest": 400, "ContentFiltered": 400,
     "UpstreamProtocolError": 502, "RequestTimeout": 408, "HeadersTooLarge": 431, "GatewayOverloaded": 503,

@@ -326,7 +326,10 @@ def test_a_failing_cloud_is_retried_then_the_edge_answers_with_headers_and_metri
         assert len(cloud.requests) == 2  # one retry, then the fallback
         assert metric(client, "hybrid_router_fallbacks_total", **{"from": "cloud", "to": "edge", "reason": "upstream_error"}) == 1  # fmt: skip
         assert metric(client, "hybrid_router_upstream_attempts_total", target="cloud", outcome="upstream_error") == 2
-        assert metric(client, "hybrid_router_requests_total", target="edge", decided_by="default", status="200") == 1
+        assert (
+            metric(client, "hybrid_router_requests_total", target="edge", decided_by="default", status="200",
+                   tenant="default") == 1
+        )  # fmt: skip
         assert metric(client, "hybrid_router_circuit_state", target="cloud") == 0
 
 

@@ -27,18 +27,19 @@ def test_chat_traffic_moves_every_metric(client_for: ClientFactory) -> None:
 
     m = scrape(client)
     assert m["hybrid_router_requests_total"] == {
-        (("decided_by", "default"), ("status", "200"), ("target", "edge")): 1.0,
-        (("decided_by", "explicit"), ("status", "200"), ("target", "cloud")): 1.0,
-        (("decided_by", "router"), ("status", "404"), ("target", "none")): 1.0,
+        (("decided_by", "default"), ("status", "200"), ("target", "edge"), ("tenant", "default")): 1.0,
+        (("decided_by", "explicit"), ("status", "200"), ("target", "cloud"), ("tenant", "default")): 1.0,
+        (("decided_by", "router"), ("status", "404"), ("target", "none"), ("tenant", "default")): 1.0,
     }
     assert m["hybrid_router_request_duration_seconds_count"][(("stream", "false"), ("target", "edge"))] == 1
     assert m["hybrid_router_request_duration_seconds_count"][(("stream", "true"), ("target", "cloud"))] == 1
     assert m["hybrid_router_time_to_first_token_seconds_count"][(("target", "cloud"),)] == 1
     assert m["hybrid_router_routing_decision_seconds_count"][()] == 3
-    assert m["hybrid_router_tokens_total"][(("direction", "out"), ("target", "cloud"))] == 3
+    assert m["hybrid_router_tokens_total"][(("direction", "out"), ("target", "cloud"), ("tenant", "default"))] == 3
     # The cloud target's price table: $1 in, $2 out per million tokens.
-    tokens_in = m["hybrid_router_tokens_total"][(("direction", "in"), ("target", "cloud"))]
-    assert m["hybrid_router_cost_usd_total"][(("target", "cloud"),)] == (tokens_in * 1 + 3 * 2) / 1e6
+    tokens_in = m["hybrid_router_tokens_total"][(("direction", "in"), ("target", "cloud"), ("tenant", "default"))]
+    cost = m["hybrid_router_cost_usd_total"][(("target", "cloud"), ("tenant", "default"))]
+    assert cost == (tokens_in * 1 + 3 * 2) / 1e6
     assert m["hybrid_router_in_flight_requests"][()] == 0
     assert m["hybrid_router_target_ready"] == {(("target", "edge"),): 1.0, (("target", "cloud"),): 1.0}
 

@@ -142,8 +142,8 @@ def test_wrong_key_is_401_and_no_upstream_call(gateway: Server, emulator: Server
 def test_metrics_count_the_traffic(gateway: Server, sdk: openai.OpenAI) -> None:
     sdk.chat.completions.create(model="cloud", messages=[{"role": "user", "content": "count me"}])
     text = httpx.get(gateway.url + "/metrics").text
-    assert 'hybrid_router_requests_total{decided_by="explicit",status="200",target="cloud"}' in text
-    assert 'hybrid_router_tokens_total{direction="in",target="cloud"}' in text
+    assert 'hybrid_router_requests_total{decided_by="explicit",status="200",target="cloud",tenant="default"}' in text
+    assert 'hybrid_router_tokens_total{direction="in",target="cloud",tenant="default"}' in text
     assert "hybrid_router_target_ready" in text
 
 

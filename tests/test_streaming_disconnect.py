@@ -40,7 +40,10 @@ async def test_disconnect_mid_stream_closes_the_backend_stream() -> None:
         assert slow.active_streams == 0
         async with httpx.AsyncClient() as client:
             metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-        assert 'hybrid_router_requests_total{decided_by="default",status="499",target="edge"} 1.0' in metrics
+        assert (
+            'hybrid_router_requests_total{decided_by="default",status="499",target="edge",tenant="default"} 1.0'
+            in metrics
+        )
         assert "hybrid_router_in_flight_requests 0.0" in metrics
     finally:
         server.should_exit = True

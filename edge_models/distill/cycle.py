@@ -67,6 +67,7 @@ def judge(
     current: Path,
     compare_rows: int = 400,
     target_accuracy: float = 0.97,
+    gate_objective: str = "route",
     alpha: float = 0.05,
     threads: int | None = None,
     progress: Progress = print,
@@ -82,7 +83,7 @@ def judge(
     longest = max(len(answer_of(row["messages"]) or "") for row in rows)
     max_new = min(64, longest // 2 + 8)
     mine = evaluate(candidate, rows, threads=threads, progress=progress, max_new_tokens=max_new)
-    gate = mine.gate(target_accuracy)
+    gate = mine.gate(target_accuracy, objective=gate_objective)
     paired_rows = rows[:compare_rows]
     theirs = evaluate(current, paired_rows, threads=threads, progress=progress, max_new_tokens=max_new)
     mine_paired = _first(mine, len(theirs.correct)) if len(paired_rows) < len(rows) else mine

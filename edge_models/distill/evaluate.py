@@ -131,11 +131,13 @@ class EvalReport:
     # Seconds: load, greedy generation, teacher forcing.
     timing: Mapping[str, float] = field(default_factory=dict)
 
-    def gate(self, target_accuracy: float = 0.97, *, min_accepted: int = 20) -> ConfidenceGate:
+    def gate(
+        self, target_accuracy: float = 0.97, *, min_accepted: int = 20, objective: str = "route"
+    ) -> ConfidenceGate:
         """The confidence gate calibrated on these rows."""
         return calibrate_gate(
             self.confidence_mean, self.confidence_min, self.correct,
-            target_accuracy=target_accuracy, min_accepted=min_accepted,
+            target_accuracy=target_accuracy, min_accepted=min_accepted, objective=objective,
         )  # fmt: skip
 
     def to_dict(self, *, per_row: bool = False) -> dict[str, Any]:
@@ -663,20 +665,28 @@ def decide_promotion(
 
 
 def _lowest_threshold(
-    confidences: Sequence[float], correct: Sequence[bool], target: float, min_accepted: int
+    confidences: Sequence[float], correct: Sequence[bool], target: float, min_accepted: int, objective: str
 ) -> tuple[float, int, int] | None:
-    """(threshold, accepted, right) for the lowest threshold whose accepted answers reach ``target``."""
+    """(threshold, accepted, right) for the lowest threshold that keeps ``target`` under ``objective``."""
     ranked = sorted(zip(confidences, correct, strict=True), key=lambda pair: pair[0], reverse=True)
     best = None
     accepted = right = 0
+    total = len(ranked)
     while accepted < len(ranked) and math.isfinite(value := ranked[accepted][0]):
         # Equal confidences are accepted or refused together.
         while accepted < len(ranked) and ranked[accepted][0] == value:
             right += ranked[accepted][1]
             accepted += 1
-        if accepted >= min_accepted and right >= target * accepted - 1e-9:
+        if objective == "kept":
+            reached = right >= target * accepted - 1e-9
+        else:  # route: the refused answers go to the cloud, whose answer is the reference
+            reached = right + (total - accepted) >= target * total - 1e-9
+        if accepted >= min_accepted and reached:
             best = (value, accepted, right)
     return best
+
+
+GATE_OBJECTIVES = ("route", "kept")
 
 
 def calibrate_gate(
@@ -686,32 +696,48 @@ def calibrate_gate(
     *,
     target_accuracy: float = 0.97,
     min_accepted: int = 20,
+    objective: str = "route",
 ) -> ConfidenceGate:
-    """The gate that keeps the most answers while the kept ones are right ``target_accuracy`` of the time.
+    """The gate that keeps the most answers while accuracy stays at ``target_accuracy``.
 
-    For each signal, the lowest threshold (an observed confidence) whose
-    accepted answers (confidence >= threshold, at least ``min_accepted`` of
-    them) reach the target; the signal that accepts more wins (``mean`` on a
-    tie). When neither reaches it: threshold 0.0, coverage 0 (a log-probability
-    is at most 0, so only an answer of certain tokens would pass).
+    ``objective`` says whose accuracy:
+
+    * ``route`` (the default): what the route's clients get, the student's kept
+      answers and the cloud's for the rest. The rows' references are the
+      cloud's own answers, so this is accuracy against the teacher, the measure
+      an operator moving traffic off the cloud cares about;
+    * ``kept``: the student's kept answers alone (stricter: refusing an answer
+      does not count as getting it right).
+
+    For each signal, the lowest threshold (an observed confidence) that reaches
+    the target with at least ``min_accepted`` answers kept; the signal that
+    keeps more wins (``mean`` on a tie). When neither reaches it: threshold
+    0.0, coverage 0 (a log-probability is at most 0, so only an answer of
+    certain tokens would pass).
 
     >>> gate = calibrate_gate([-0.1, -0.2, -2.0], [-0.3, -0.5, -4.0], [True, True, False],
-    ...                       target_accuracy=0.9, min_accepted=2)
+    ...                       target_accuracy=0.9, min_accepted=2, objective="kept")
     >>> gate.threshold, gate.signal, round(gate.coverage, 3), gate.accepted_accuracy
     (-0.2, 'mean', 0.667, 1.0)
     """
     if not len(confidences_mean) == len(confidences_min) == len(correct):
         raise ValueError("confidences and correctness differ in length")
+    if objective not in GATE_OBJECTIVES:
+        raise ValueError(f"gate objective {objective!r}: use one of {', '.join(GATE_OBJECTIVES)}")
+    total = len(correct)
     best: ConfidenceGate | None = None
     for signal, confidences in (("mean", confidences_mean), ("min", confidences_min)):
-        found = _lowest_threshold(confidences, correct, target_accuracy, min_accepted)
+        found = _lowest_threshold(confidences, correct, target_accuracy, min_accepted, objective)
         if found is None:
             continue
         threshold, accepted, right = found
-        gate = ConfidenceGate(threshold, signal, target_accuracy, accepted / len(correct), right / accepted)
+        gate = ConfidenceGate(
+            threshold, signal, target_accuracy, accepted / total, right / accepted,
+            objective=objective, route_accuracy=(right + total - accepted) / total,
+        )  # fmt: skip
         if best is None or gate.coverage > best.coverage:
             best = gate
-    return best or ConfidenceGate(0.0, "mean", target_accuracy, 0.0, 0.0)
+    return best or ConfidenceGate(0.0, "mean", target_accuracy, 0.0, 0.0, objective=objective, route_accuracy=1.0)
 
 
 # --- distill eval ------------------------------------------------------------------------------
@@ -743,6 +769,7 @@ def eval_cli(
     max_new_tokens: int = 32,
     threads: int | None = None,
     target_accuracy: float = 0.97,
+    gate_objective: str = "route",
     alpha: float = 0.05,
     min_gain: float = 0.0,
     run_guards: bool = True,
@@ -783,7 +810,7 @@ def eval_cli(
             "data": data,
             "split": split,
             "lines_skipped": read.skipped,
-            "gate": asdict(report.gate(target_accuracy)),
+            "gate": asdict(report.gate(target_accuracy, objective=gate_objective)),
             "guards": mine.to_dict() if mine else None,
         }
         if compare is not None:

@@ -52,7 +52,10 @@ def add_loop_commands(group: Any) -> None:
     train.add_argument("--rank", type=int, help="LoRA rank (default 16)")
     train.add_argument("--threads", type=int, help="torch threads (default: all cores, at low priority)")
     train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    train.add_argument("--replay-share", type=float, help="share of replay rows against forgetting (default 0.1)")
+    train.add_argument(
+        "--replay-share", type=float, help="share of rows replaying the base's greedy answers (default 0)"
+    )
+    train.add_argument("--anchor-weight", type=float, help="weight of the pull toward the base on general text (1.0)")
     train.add_argument("--resume", action="store_true", help="carry on from the last checkpoint")
     train.add_argument("--keep-prefix", action="store_true", help="train on fixed system prompts as they are")
     train.add_argument("--snapshot-rows", type=int, nargs="*", help="save the adapter after this many rows (a curve)")
@@ -67,7 +70,9 @@ def add_loop_commands(group: Any) -> None:
     evaluate.add_argument("--limit", type=int, help="score at most this many rows")
     evaluate.add_argument("--record", action="store_true", help="judge against --compare and write it to distill.json")
     evaluate.add_argument("--compare-rows", type=int, default=400, help="with --record: rows of the paired test")
-    evaluate.add_argument("--target-accuracy", type=float, default=0.97, help="the gate's accuracy on kept answers")
+    evaluate.add_argument("--target-accuracy", type=float, default=0.97, help="the accuracy the gate keeps (0.97)")
+    evaluate.add_argument("--gate-objective", choices=["route", "kept"], default="route",
+                          help="route: clients' (cloud answers the rest), kept: kept answers")  # fmt: skip
     evaluate.add_argument("--no-guards", action="store_true")
     evaluate.add_argument("--per-row", action="store_true")
     evaluate.add_argument("--out", help="also write the JSON here")
@@ -103,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
                                "keep_prefix": args.keep_prefix, "progress": not args.quiet}  # fmt: skip
     for key, value in (("max_rows", args.max_rows), ("learning_rate", args.learning_rate), ("lora_rank", args.rank),
                        ("threads", args.threads), ("replay_share", args.replay_share),
-                       ("snapshot_rows", args.snapshot_rows)):  # fmt: skip
+                       ("anchor_weight", args.anchor_weight), ("snapshot_rows", args.snapshot_rows)):  # fmt: skip
         if value is not None:
             options[key] = value
     out = Path(args.out).expanduser() if args.out else None
@@ -137,15 +142,15 @@ def _eval(args: argparse.Namespace) -> int:
 
         compare = _compare_folder(args)
         return eval_cli(args.model, args.data, compare=str(compare) if compare else None, limit=args.limit,
-                        target_accuracy=args.target_accuracy, run_guards=not args.no_guards, per_row=args.per_row,
-                        out=args.out)  # fmt: skip
+                        target_accuracy=args.target_accuracy, gate_objective=args.gate_objective,
+                        run_guards=not args.no_guards, per_row=args.per_row, out=args.out)  # fmt: skip
     from edge_models.distill.cycle import judge
 
     try:
         current = _compare_folder(args) or resolve_model(DEFAULT_MODEL)
         verdict = judge(resolve_model(args.model), Path(args.data), current=current,
                         compare_rows=args.compare_rows, target_accuracy=args.target_accuracy,
-                        progress=_to_stderr)  # fmt: skip
+                        gate_objective=args.gate_objective, progress=_to_stderr)  # fmt: skip
     except EdgeModelError as exc:
         print(f"distill eval failed: {exc}", file=sys.stderr)
         return 1

@@ -32,9 +32,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
 class ConfidenceGate:
     """Keep the student's answer when its ``signal`` token log-probability is at least ``threshold``.
 
-    Calibrated on the holdout: the lowest threshold whose accepted answers are
-    right at least ``target_accuracy`` of the time; ``coverage`` is the share of
-    holdout answers it accepts and ``accepted_accuracy`` their accuracy.
+    Calibrated on the holdout: the lowest threshold that keeps accuracy at
+    ``target_accuracy``, measured as ``objective`` says: ``route`` (what
+    clients get, kept answers plus the cloud's for the rest) or ``kept`` (the
+    kept answers alone). ``coverage`` is the share of holdout answers it
+    accepts, ``accepted_accuracy`` their accuracy and ``route_accuracy`` the
+    route's as a whole.
     """
 
     threshold: float
@@ -42,6 +45,8 @@ class ConfidenceGate:
     target_accuracy: float = 0.97
     coverage: float = 0.0
     accepted_accuracy: float = 0.0
+    objective: str = "route"
+    route_accuracy: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,8 @@ class StudentManifest:
         known = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in data.items() if k in known}
         gate = values.get("gate")
-        values["gate"] = ConfidenceGate(**gate) if isinstance(gate, Mapping) else None
+        # Gates written before ``objective`` existed were calibrated on the kept answers.
+        values["gate"] = ConfidenceGate(**{"objective": "kept", **gate}) if isinstance(gate, Mapping) else None
         values["tasks"] = tuple(values.get("tasks", ()))
         return cls(**values)
 

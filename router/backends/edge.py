@@ -390,7 +390,11 @@ class EdgeBackend:
         return Readiness(ready=True, reason="model loaded", detail=detail)
 
     def stats(self) -> Mapping[str, float]:
-        return {"queue_depth": float(self._waiting), "active_generations": float(self._active)}
+        return {
+            "queue_depth": float(self._waiting),
+            "active_generations": float(self._active),
+            "max_concurrency": float(self.max_concurrency),
+        }
 
     def _options(self, request: ChatRequest) -> SamplingOptions:
         cfg = self.config

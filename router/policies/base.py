@@ -40,12 +40,14 @@ from router.backends.versions import StudentCard
 from router.chat import ChatRequest
 from router.errors import ConfigError
 from router.features import Features
+from router.latency import LiveLatency
 
 __all__ = [
     "Cascade",
     "OutcomeObserver",
     "Policy",
     "PolicyClass",
+    "PreparingPolicy",
     "RoutingContext",
     "ShadowObserver",
     "StudentCard",
@@ -139,6 +141,12 @@ class TargetView:
     # a distilled edge model swaps live. ``student`` is set while a distilled version serves.
     version: str | None = None
     student: StudentCard | None = None
+    # Live estimates from answers served (router/latency.py; None before the first), and the target's own
+    # load: requests waiting, generating, and how many it generates at once (None: no fixed limit).
+    live: LiveLatency | None = None
+    queue_depth: int = 0
+    active: int = 0
+    concurrency: int | None = None
 
 
 @dataclass(slots=True)
@@ -228,6 +236,14 @@ class OutcomeObserver(Protocol):
 
     def observe(self, request: ChatRequest, target: str, ok: bool) -> None:
         """Called once per finished request with the target that served it and whether it succeeded."""
+
+
+@runtime_checkable
+class PreparingPolicy(Protocol):
+    """A policy that needs I/O before it can judge a request (``sticky`` on shared sessions): the router
+    awaits ``prepare`` before routing, so ``evaluate`` stays synchronous."""
+
+    async def prepare(self, request: ChatRequest) -> None: ...
 
 
 @runtime_checkable

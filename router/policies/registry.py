@@ -24,6 +24,7 @@ from router.policies.default import DefaultPolicy
 from router.policies.difficulty import DifficultyPolicy
 from router.policies.distilled import DistilledPolicy
 from router.policies.explicit import ExplicitPolicy
+from router.policies.latency import LatencyPolicy
 from router.policies.privacy import PrivacyPolicy
 from router.policies.semantic import SemanticPolicy
 from router.policies.sticky import StickyPolicy
@@ -39,6 +40,7 @@ BUILTIN_POLICIES: Mapping[str, Any] = {
     "context_window": ContextWindowPolicy,
     "capability": CapabilityPolicy,
     "weighted": WeightedPolicy,
+    "latency": LatencyPolicy,
     "semantic": SemanticPolicy,
     "difficulty": DifficultyPolicy,
     "cascade": CascadePolicy,

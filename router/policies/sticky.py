@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router.chat import ChatRequest
 from router.policies.base import RoutingContext, TargetCatalog, Verdict
-from router.sessions import MemorySessions, SessionStore, conversation_key
+from router.sessions import MemorySessions, SessionStore, SharedSessions, conversation_key
+from router.state.base import KeyValueStore
 
 __all__ = ["StickyPolicy"]
 
@@ -41,10 +42,21 @@ class StickyPolicy:
 
     def __init__(self, options: Options, targets: TargetCatalog, *, store: SessionStore | None = None) -> None:
         self.ttl_s = options.ttl_s
+        self.max_sessions = options.max_sessions
         if store is None:
             store = MemorySessions(ttl_s=options.ttl_s, max_entries=options.max_sessions)
         self.store: SessionStore = store
         self._remote = frozenset(name for name in targets if not targets[name].capabilities.local)
+
+    def share(self, kv: KeyValueStore) -> None:
+        """Keep sessions in the shared state store from now on (every worker and replica sees them)."""
+        if not isinstance(self.store, SharedSessions):
+            self.store = SharedSessions(kv, ttl_s=self.ttl_s, max_entries=self.max_sessions)
+
+    async def prepare(self, request: ChatRequest) -> None:
+        """Before routing: fetch the conversation's shared entry, if sessions are shared."""
+        if isinstance(self.store, SharedSessions):
+            await self.store.load(conversation_key(request))
 
     def evaluate(self, ctx: RoutingContext) -> Verdict:
         key = conversation_key(ctx.request)

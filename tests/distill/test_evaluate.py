@@ -209,7 +209,7 @@ def test_the_gate_is_the_lowest_threshold_that_keeps_the_target() -> None:
     # 100 answers, more confident ones more often right: the top 60 are all right, then 1 in 2.
     mean = [-0.01 * i for i in range(100)]
     correct = [i < 60 or i % 2 == 0 for i in range(100)]
-    gate = calibrate_gate(mean, [m * 3 for m in mean], correct, target_accuracy=0.95)
+    gate = calibrate_gate(mean, [m * 3 for m in mean], correct, target_accuracy=0.95, objective="kept")
 
     accepted = [ok for c, ok in zip(mean, correct, strict=True) if c >= gate.threshold]
     assert gate.signal == "mean"
@@ -228,7 +228,7 @@ def test_the_gate_picks_the_signal_that_keeps_more_answers() -> None:
     # min separates right from wrong; mean is noise.
     low = [(-0.2 if ok else -2.0) - rng.random() * 0.1 for ok in correct]
     mean = [-rng.random() for _ in correct]
-    gate = calibrate_gate(mean, low, correct, target_accuracy=0.97)
+    gate = calibrate_gate(mean, low, correct, target_accuracy=0.97, objective="kept")
 
     assert gate.signal == "min"
     # Every right answer, plus the few wrong ones the target leaves room for.
@@ -240,23 +240,46 @@ def test_the_gate_picks_the_signal_that_keeps_more_answers() -> None:
 def test_an_unreachable_target_accepts_nothing() -> None:
     correct = [i % 2 == 0 for i in range(100)]
     confidences = [-0.01 * i for i in range(100)]
-    gate = calibrate_gate(confidences, confidences, correct, target_accuracy=0.97)
+    gate = calibrate_gate(confidences, confidences, correct, target_accuracy=0.97, objective="kept")
 
     assert (gate.threshold, gate.coverage, gate.accepted_accuracy) == (0.0, 0.0, 0.0)
+
+
+def test_the_route_objective_counts_what_clients_get_with_the_cloud_answering_the_rest() -> None:
+    # 100 answers: the top 70 right but for 2, then 1 in 2. Clients get the cloud's (right) answer when refused.
+    mean = [-0.01 * i for i in range(100)]
+    correct = [i not in (10, 20) if i < 70 else i % 2 == 0 for i in range(100)]
+    gate = calibrate_gate(mean, mean, correct, target_accuracy=0.95)
+
+    kept = [ok for c, ok in zip(mean, correct, strict=True) if c >= gate.threshold]
+    wrong_kept = len(kept) - sum(kept)
+    assert gate.objective == "route"
+    assert gate.route_accuracy == pytest.approx(1 - wrong_kept / 100) and gate.route_accuracy >= 0.95
+    # At most 5 wrong answers reach clients, and one more kept answer would be the 6th.
+    assert wrong_kept == 5
+    assert not correct[len(kept)]
+    # The kept answers alone are below the target: the stricter objective keeps fewer.
+    assert gate.accepted_accuracy < 0.95
+    assert calibrate_gate(mean, mean, correct, target_accuracy=0.95, objective="kept").coverage < gate.coverage
+
+
+def test_an_unknown_gate_objective_is_refused() -> None:
+    with pytest.raises(ValueError, match="objective"):
+        calibrate_gate([-0.1], [-0.1], [True], objective="clients")
 
 
 def test_too_few_accepted_answers_do_not_make_a_gate() -> None:
     # Only the 5 most confident answers are right: perfect, but too few to trust.
     correct = [i < 5 for i in range(100)]
     confidences = [-0.01 * i for i in range(100)]
-    assert calibrate_gate(confidences, confidences, correct, min_accepted=20).coverage == 0.0
-    assert calibrate_gate(confidences, confidences, correct, min_accepted=5).coverage == 0.05
+    assert calibrate_gate(confidences, confidences, correct, min_accepted=20, objective="kept").coverage == 0.0
+    assert calibrate_gate(confidences, confidences, correct, min_accepted=5, objective="kept").coverage == 0.05
 
 
 def test_tied_confidences_are_accepted_or_refused_together() -> None:
     confidences = [0.0] * 30 + [-0.5] * 10
     correct = [True] * 30 + [True] * 5 + [False] * 5
-    gate = calibrate_gate(confidences, confidences, correct, target_accuracy=0.9)
+    gate = calibrate_gate(confidences, confidences, correct, target_accuracy=0.9, objective="kept")
 
     assert gate.threshold == 0.0 and gate.coverage == 0.75
 
@@ -475,7 +498,9 @@ def test_eval_cli_prints_the_scores_the_gate_and_the_decision(
     result = json.loads(out.getvalue())
     assert result == json.loads(saved.read_text())
     assert (result["version"], result["rows"], result["split"]) == ("v7", 3, "all")
-    assert set(result["gate"]) == {"threshold", "signal", "target_accuracy", "coverage", "accepted_accuracy"}
+    assert set(result["gate"]) == {
+        "threshold", "signal", "target_accuracy", "coverage", "accepted_accuracy", "objective", "route_accuracy"
+    }  # fmt: skip
     assert result["guards"]["qa_total"] == 1 and result["guards"]["text_tokens"] > 3
     # The same weights on the same rows: no gain, so no promotion.
     assert result["paired"]["gain"] == 0 and result["paired"]["p_value"] == 1.0

@@ -137,7 +137,7 @@ async def test_full_queue_reports_busy_then_refuses_with_retry_after(
     await edge.start()
     long = ask("Write a very long essay about mountains.", max_tokens=300)
     running = [asyncio.create_task(edge.complete(long)) for _ in range(2)]
-    while edge.stats() != {"queue_depth": 1.0, "active_generations": 1.0}:
+    while edge.stats() != {"queue_depth": 1.0, "active_generations": 1.0, "max_concurrency": 1.0}:
         await asyncio.sleep(0.01)
 
     state = edge.readiness()
@@ -149,7 +149,7 @@ async def test_full_queue_reports_busy_then_refuses_with_retry_after(
     for task in running:
         task.cancel()
     await asyncio.gather(*running, return_exceptions=True)
-    assert edge.stats() == {"queue_depth": 0.0, "active_generations": 0.0}
+    assert edge.stats() == {"queue_depth": 0.0, "active_generations": 0.0, "max_concurrency": 1.0}
     assert not edge.readiness().busy
     await edge.aclose()
 

@@ -28,16 +28,16 @@ def handler_app(handler: Handler) -> Starlette:
     return Starlette(routes=[Route("/{path:path}", handler, methods=["GET", "POST", "PUT", "DELETE"])])
 
 
-def _server(app: ASGIApp, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off", loop="asyncio")
+def _server(app: ASGIApp, port: int, lifespan: str = "off") -> uvicorn.Server:
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan=lifespan, loop="asyncio")
     return uvicorn.Server(config)
 
 
 @asynccontextmanager
-async def serving(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve ``app`` in this event loop; yields its base URL."""
+async def serving(app: ASGIApp, *, lifespan: str = "off") -> AsyncIterator[str]:
+    """Serve ``app`` in this event loop (its lifespan run with ``lifespan="on"``); yields its base URL."""
     port = free_port()
-    server = _server(app, port)
+    server = _server(app, port, lifespan)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
