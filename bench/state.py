@@ -167,7 +167,10 @@ def main() -> None:
         runs: dict[int, list[float]] = {1: [], 2: []}
         for workers in (1, 2, 1, 2):
             name = f"workers{workers}-{len(runs[workers])}"
-            with gateway(config(sqlite_url, "t3", limits), folder, name, workers=workers) as url:
+            # The load client sends no key: its requests are the tenant "default", with the same limits.
+            values = config(sqlite_url, "default", limits)
+            del values["auth"]
+            with gateway(values, folder, name, workers=workers) as url:
                 port = int(url.rsplit(":", 1)[1])
                 code = throughput_python(port, args.seconds, body, folder)
                 runs[workers].append(code["rps"])
