@@ -171,6 +171,14 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def cost_usd(self, price_input: float, price_output: float) -> float:
+        """What these tokens cost at prices in USD per million tokens.
+
+        >>> Usage(1000, 500).cost_usd(1.0, 4.0)
+        0.003
+        """
+        return (self.prompt_tokens * price_input + self.completion_tokens * price_output) / 1e6
+
     def to_openai(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,

@@ -55,7 +55,3 @@ class LatencyEstimates:
 
     def get(self, target: str) -> LiveLatency | None:
         return self._live.get(target)
-
-    def forget(self, keep: set[str]) -> None:
-        for name in set(self._live) - keep:
-            del self._live[name]

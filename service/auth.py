@@ -9,9 +9,18 @@ import os
 from collections.abc import Iterable, Mapping
 
 from router.errors import AuthenticationFailed
+from router.state import KeyLimits, KeyRecord
 from service.settings import AuthSettings, ServerSettings
 
-__all__ = ["KeyChecker", "hash_key", "is_loopback", "open_access_warning", "startup_problems"]
+__all__ = [
+    "DEFAULT_TENANT",
+    "KeyChecker",
+    "config_records",
+    "hash_key",
+    "is_loopback",
+    "open_access_warning",
+    "startup_problems",
+]
 
 
 def hash_key(key: str) -> str:
@@ -36,9 +45,7 @@ class KeyChecker:
 
     @classmethod
     def from_settings(cls, auth: AuthSettings, environ: Mapping[str, str] | None = None) -> KeyChecker:
-        env = os.environ if environ is None else environ
-        plain = [key.strip() for key in env.get(auth.api_keys_env, "").split(",") if key.strip()]
-        return cls([*auth.api_key_hashes, *(key.hash for key in auth.keys), *(hash_key(key) for key in plain)])
+        return cls(record.key_hash for record in config_records(auth, os.environ if environ is None else environ))
 
     @property
     def enabled(self) -> bool:
@@ -65,6 +72,37 @@ class KeyChecker:
         for digest in self._digests:
             matched |= hmac.compare_digest(presented, digest)
         return matched
+
+
+DEFAULT_TENANT = "default"
+"""The tenant of keys given without one, and of every caller when no key is configured."""
+
+
+def config_records(auth: AuthSettings, environ: Mapping[str, str]) -> list[KeyRecord]:
+    """The keys config gives: ``auth.keys`` with their tenants, then ``auth.api_key_hashes`` and the plain keys
+    in ``$<auth.api_keys_env>`` in the tenant ``default``."""
+    records = [
+        KeyRecord(
+            key.hash,
+            key.tenant,
+            label=key.label,
+            limits=KeyLimits(
+                key.limits.requests_per_minute,
+                key.limits.tokens_per_minute,
+                key.limits.usd_per_day,
+                key.limits.usd_per_month,
+            ),
+            allowed_targets=tuple(key.allowed_targets) if key.allowed_targets is not None else None,
+        )
+        for key in auth.keys
+    ]
+    plain = [key.strip() for key in environ.get(auth.api_keys_env, "").split(",") if key.strip()]
+    seen = {record.key_hash for record in records}
+    for digest in [*auth.api_key_hashes, *(hash_key(key) for key in plain)]:
+        if digest not in seen:
+            seen.add(digest)
+            records.append(KeyRecord(digest, DEFAULT_TENANT))
+    return records
 
 
 def is_loopback(host: str) -> bool:

@@ -42,8 +42,9 @@ from router.resilience.failover import FailoverBackend
 from router.router import Decision, ShadowReport
 from router.sessions import SESSION_ID
 from router.tasks import tag_task
+from service.auth import DEFAULT_TENANT
 from service.capture import Answer, AnswerCollector
-from service.clients import DEFAULT_TENANT, Client
+from service.clients import Client
 from service.gateway import Gateway, Runtime
 from service.settings import LimitSettings
 from service.spend import Admission

@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from router.errors import AuthenticationFailed, StateUnavailable
 from router.state import KeyLimits, KeyRecord, KeyStore
-from service.auth import hash_key
-from service.settings import AuthSettings
+from service.auth import DEFAULT_TENANT, hash_key
 
-__all__ = ["ANONYMOUS", "DEFAULT_TENANT", "Client", "ClientDirectory", "config_records"]
+__all__ = ["ANONYMOUS", "Client", "ClientDirectory"]
 
 log = logging.getLogger("hybrid_router.clients")
-
-DEFAULT_TENANT = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +44,11 @@ class Client:
     tenant: str
     limits: KeyLimits = field(default_factory=KeyLimits)
     allowed_targets: tuple[str, ...] | None = None
-    label: str = ""
     verified: bool = True
 
     @classmethod
     def of(cls, record: KeyRecord) -> Client:
-        return cls(record.key_hash, record.tenant, record.limits, record.allowed_targets, record.label)
+        return cls(record.key_hash, record.tenant, record.limits, record.allowed_targets)
 
 
 ANONYMOUS = Client(None, DEFAULT_TENANT)
@@ -85,10 +81,6 @@ class ClientDirectory:
         # Whether the store holds any live key, and when that was last asked.
         self._store_has_keys = False
         self._checked_at = -float("inf")
-
-    @property
-    def configured(self) -> bool:
-        return bool(self._configured)
 
     @property
     def enabled(self) -> bool:
@@ -154,29 +146,3 @@ class ClientDirectory:
             self._cache.clear()
         self._cache[digest] = (now, record)
         return record
-
-
-def config_records(auth: AuthSettings, environ: Mapping[str, str]) -> list[KeyRecord]:
-    """The keys config gives: ``auth.keys`` with their tenants, the rest in the tenant ``default``."""
-    records = [
-        KeyRecord(
-            key.hash,
-            key.tenant,
-            label=key.label,
-            limits=KeyLimits(
-                key.limits.requests_per_minute,
-                key.limits.tokens_per_minute,
-                key.limits.usd_per_day,
-                key.limits.usd_per_month,
-            ),
-            allowed_targets=tuple(key.allowed_targets) if key.allowed_targets is not None else None,
-        )
-        for key in auth.keys
-    ]
-    plain = [key.strip() for key in environ.get(auth.api_keys_env, "").split(",") if key.strip()]
-    seen = {record.key_hash for record in records}
-    for digest in [*auth.api_key_hashes, *(hash_key(key) for key in plain)]:
-        if digest not in seen:
-            seen.add(digest)
-            records.append(KeyRecord(digest, DEFAULT_TENANT))
-    return records

@@ -42,9 +42,9 @@ from router.resilience.guarded import guard
 from router.router import Router, TargetProfile, describe_targets
 from router.state import StateStore, open_store
 from router.tokens import EstimateCounter, TokenCounter
-from service.auth import KeyChecker, startup_problems
+from service.auth import KeyChecker, config_records, startup_problems
 from service.capture import CapturePool, Capturer, LazyDetector
-from service.clients import ClientDirectory, config_records
+from service.clients import ClientDirectory
 from service.distill_auto import AutoDistiller
 from service.metrics import BackendStatsCollector, DistillHealthCollector, GatewayMetrics
 from service.settings import ConfigSource, Settings, keep_restart_only
@@ -363,10 +363,9 @@ class Gateway:
             classifier=classifier,
             config_version=settings.config_version,
         )
-        auth = KeyChecker.from_settings(settings.auth, self._environ)
-        environ = os.environ if self._environ is None else self._environ
-        clients = ClientDirectory(config_records(settings.auth, environ), self.store.keys,
-                                  cache_s=settings.state.key_cache_s)  # fmt: skip
+        records = config_records(settings.auth, os.environ if self._environ is None else self._environ)
+        auth = KeyChecker(record.key_hash for record in records)
+        clients = ClientDirectory(records, self.store.keys, cache_s=settings.state.key_cache_s)
         spend = SpendControl(
             self.store, tenants=settings.tenants, state=settings.state, spend=settings.spend, profiles=profiles,
             local=frozenset(name for name, backend in backends.items() if backend.capabilities.local),

@@ -162,7 +162,7 @@ class GatewayMetrics:
     ) -> None:
         self.tokens.labels(target, "in", tenant).inc(usage.prompt_tokens)
         self.tokens.labels(target, "out", tenant).inc(usage.completion_tokens)
-        cost = (usage.prompt_tokens * price_input + usage.completion_tokens * price_output) / 1e6
+        cost = usage.cost_usd(price_input, price_output)
         if cost:
             self.cost.labels(target, tenant).inc(cost)
 

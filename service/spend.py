@@ -53,8 +53,7 @@ log = logging.getLogger("hybrid_router.spend")
 
 
 def cost_usd(usage: Usage, profile: TargetProfile) -> float:
-    """What ``usage`` costs at ``profile``'s prices (USD per million tokens)."""
-    return (usage.prompt_tokens * profile.price_input + usage.completion_tokens * profile.price_output) / 1e6
+    return usage.cost_usd(profile.price_input, profile.price_output)
 
 
 @dataclass

@@ -286,7 +286,7 @@ class Anchor:
         self.targets: list[tuple[Any, Any]] = []
 
     def fit(self, model: Any) -> None:
-        """The base model's soft targets (``model`` is the base, or a fresh LoRA model, whose delta is zero)."""
+        """The base model's soft targets (``model``: a fresh LoRA model, whose delta is still zero)."""
         torch = self.torch
         with torch.inference_mode():
             for ids, labels in self.sequences:
@@ -296,11 +296,7 @@ class Anchor:
                 self.targets.append((top.indices.clone(), probs.clone()))
 
     def _logits(self, model: Any, examples: Sequence[tuple[list[int], list[int]]]) -> Any:
-        ids, labels, mask = _collate(self.torch, examples, self.pad)
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        keep = labels[:, 1:] != IGNORE
-        return inner.lm_head(hidden[:, :-1][keep])
+        return _labelled_logits(model, *_collate(self.torch, examples, self.pad))
 
     def loss(self, model: Any, step: int) -> Any:
         torch = self.torch
@@ -313,7 +309,7 @@ class Anchor:
 
 
 def _make_anchor(torch: Any, options: TrainOptions, tokenizer: Any, rows: Sequence[Row], pad: int) -> Anchor | None:
-    if options.anchor_weight <= 0 or options.anchor_batch <= 0:
+    if options.anchor_batch <= 0:
         return None
     sequences = [e for row in rows if (e := tokenize_anchor(tokenizer, row, min(options.max_tokens, 160)))]
     if not sequences:
@@ -355,18 +351,22 @@ def _collate(torch: Any, examples: Sequence[tuple[list[int], list[int]]], pad: i
     return ids, labels, mask
 
 
-def _loss(torch: Any, model: Any, ids: Any, labels: Any, mask: Any) -> Any:
-    """Cross-entropy on the labelled positions only: the vocabulary projection runs on those tokens alone.
+def _labelled_logits(model: Any, ids: Any, labels: Any, mask: Any) -> Any:
+    """Next-token logits at the labelled positions only: the vocabulary projection runs on those tokens alone.
 
     The lm_head is a fifth of the model's compute per token; a Banking77 row has
     ~46 tokens of which ~7 are learned, so projecting only those saves most of it.
     """
     inner = model.get_base_model()
     hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return inner.lm_head(hidden[:, :-1][labels[:, 1:] != IGNORE])
+
+
+def _loss(torch: Any, model: Any, ids: Any, labels: Any, mask: Any) -> Any:
+    """Cross-entropy on the labelled positions only."""
     shifted = labels[:, 1:]
-    keep = shifted != IGNORE
-    logits = inner.lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), shifted[keep])
+    logits = _labelled_logits(model, ids, labels, mask)
+    return torch.nn.functional.cross_entropy(logits.float(), shifted[shifted != IGNORE])
 
 
 class _Checkpoint:
@@ -526,7 +526,9 @@ def train(options: TrainOptions, *, base_onnx: Path | None = None, log: Any = pr
         raise EdgeModelError(f"no trainable rows in {', '.join(map(str, options.data))} (holdout: {holdout_count})")
     tokenizer = AutoTokenizer.from_pretrained(options.base_hf)
     cache = Path(options.replay_cache) if options.replay_cache else options.work / "replay.jsonl"
-    replay = replay_rows(base_onnx, cache) if options.replay_share > 0 else []
+    # The base model's answers to general prompts: replay rows, and part of the anchor's text.
+    general = replay_rows(base_onnx, cache) if options.replay_share > 0 or options.anchor_weight > 0 else []
+    replay = general if options.replay_share > 0 else []
     examples = [e for row in rows if (e := tokenize(tokenizer, row["messages"], options.max_tokens))]
     replay_examples = [e for row in replay if (e := tokenize(tokenizer, row["messages"], options.max_tokens))]
     if not examples:
@@ -547,9 +549,7 @@ def train(options: TrainOptions, *, base_onnx: Path | None = None, log: Any = pr
     anchor = None
     if options.anchor_weight > 0:
         anchor_cache = cache.with_name(cache.stem.replace("-replay", "") + "-anchor.jsonl")
-        anchor = _make_anchor(
-            torch, options, tokenizer, anchor_rows(base_onnx, anchor_cache, replay_rows(base_onnx, cache)), pad
-        )
+        anchor = _make_anchor(torch, options, tokenizer, anchor_rows(base_onnx, anchor_cache, general), pad)
         if anchor is not None:
             fitted = time.perf_counter()
             anchor.fit(_new_model(torch, options))

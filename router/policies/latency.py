@@ -30,6 +30,7 @@ meet it``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,13 +43,14 @@ DEADLINE_MS = "deadline_ms"
 """``request.memo`` key: the client's deadline in milliseconds (from ``x-deadline-ms``)."""
 
 
+@dataclass(frozen=True, slots=True)
 class Prediction:
-    """How long a target is predicted to take for one request, and why."""
+    """How long a target is predicted to take for one request, and why: requests ahead of it, and slots."""
 
-    __slots__ = ("ahead", "ms", "slots", "target")
-
-    def __init__(self, target: str, ms: float, ahead: int, slots: int | None) -> None:
-        self.target, self.ms, self.ahead, self.slots = target, ms, ahead, slots
+    target: str
+    ms: float
+    ahead: int
+    slots: int | None
 
     def describe(self) -> str:
         load = f" ({self.ahead} ahead, {self.slots} slot{'s' if self.slots != 1 else ''})" if self.ahead else ""
