@@ -552,8 +552,7 @@ def _finish(gateway: Runtime, outcome: _Outcome, request_id: str, chat: ChatRequ
     metrics.in_flight.dec()
     metrics.requests.labels(outcome.target, outcome.decided_by, str(outcome.status), outcome.tenant).inc()
     if outcome.admission is not None:
-        served = outcome.status == 200 or outcome.relayed_chars > 0
-        gateway.spend.settle(outcome.admission, _charges(gateway, outcome), served=served)
+        gateway.spend.settle(outcome.admission, _charges(gateway, outcome))
     if outcome.target != "none":
         metrics.latency.labels(outcome.target, "true" if outcome.stream else "false").observe(elapsed)
         if outcome.status == 200:

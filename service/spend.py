@@ -3,21 +3,23 @@
 The request path (``service/chat.py``) calls, in order:
 
 1. :meth:`SpendControl.begin` before routing: the key's allowed targets;
-2. :meth:`SpendControl.admit` once the router has chosen: first the rate
-   limits (requests and prompt tokens per minute, key and tenant, counted
-   atomically in the store). Over a limit, the tenant's ``on_rate_limited``
-   says: ``reject`` (429 with ``Retry-After``) or ``edge`` (routed again with
-   only local targets allowed; nothing is counted). Then the budgets: a request that may
-   reach a priced target reserves its most expensive possible cost, prompt
-   tokens plus ``max_tokens`` (or the target's default) at the target's price,
-   on every budget of its key and tenant, atomically. Without room, the
-   tenant's ``on_budget_exhausted`` says: ``reject`` (429
-   ``insufficient_quota`` naming the budget, ``Retry-After`` at its reset) or
-   ``edge`` (routed again without the priced targets);
-3. :meth:`SpendControl.settle` when the request ends, however it ends: the
-   real cost is charged and the hold dropped, or the hold is released when
-   nothing was served. It runs as a task of its own, so a client that
-   disconnects (which cancels the request) cannot skip it.
+2. :meth:`SpendControl.admit` once the router has chosen, in one atomic call
+   to the store (:class:`router.state.Admissions`, both or neither): the rate
+   limits (requests and prompt tokens per minute, key and tenant) and the
+   budgets, where a request that may reach a priced target holds its most
+   expensive possible cost, prompt tokens plus ``max_tokens`` (or the
+   target's default) at the target's price, on every budget of its key and
+   tenant. Over a rate limit, the tenant's ``on_rate_limited`` says:
+   ``reject`` (429 with ``Retry-After``) or ``edge`` (routed again with only
+   local targets allowed). Without room in a budget, ``on_budget_exhausted``
+   says: ``reject`` (429 ``insufficient_quota`` naming the budget,
+   ``Retry-After`` at its reset) or ``edge`` (routed again without the priced
+   targets). A spilled request is neither counted nor held;
+3. :meth:`SpendControl.settle` when the request ends, however it ends, in one
+   more call: the real cost is charged and the hold dropped (nothing served
+   costs 0, which releases it), the completion's tokens are counted and what
+   is left of each budget is read for the gauge. It runs as a task of its
+   own, so a client that disconnects (which cancels the request) cannot skip it.
 
 Because a hold is an upper bound and reservation is atomic across processes,
 concurrent requests at a budget's edge never overshoot it.
@@ -42,7 +44,7 @@ from datetime import UTC, datetime
 from router.chat import ChatRequest, Usage
 from router.errors import BudgetExhausted, RateLimited, StateUnavailable
 from router.router import ADMISSION, Decision, TargetProfile
-from router.state import BudgetExceeded, BudgetScope, RateScope, Reservation, StateStore
+from router.state import BudgetExceeded, BudgetScope, RateDecision, RateScope, Reservation, StateStore
 from service.clients import Client
 from service.metrics import GatewayMetrics
 from service.settings import SpendSettings, StateSettings, TenantSettings
@@ -144,28 +146,35 @@ class SpendControl:
         admission.rate_scopes = self._rate_scopes(admission.client)
         scopes = self._budget_scopes(admission.client)
         estimate = self._estimate(request, decision, admission.prompt_tokens)
-        holding = bool(scopes) and estimate > 0
-        # The rate count and the hold are independent: asked at once, a request waits for one round trip
-        # to the store, not two. A hold taken for a request the rate limit then refuses is dropped.
-        asked = await asyncio.gather(
-            self._acquire(admission) if admission.rate_scopes else _nothing(),
-            self._reserve(scopes, estimate) if holding else _nothing(),
-        )
-        refusal, held = asked
-        if refusal is not None:
-            if isinstance(held, Reservation):
-                self._release_later(held)
-            # A store outage spills by state.on_outage (already checked), a limit by the tenant's rule.
-            action = None if isinstance(refusal[1], StateUnavailable) else "on_rate_limited"
-            return self._spill(admission, refusal, action, redecide)
-        if held is None:
+        if not admission.rate_scopes and not (scopes and estimate > 0):
             return decision
-        if isinstance(held, StateUnavailable):
+        try:
+            # The rate count and the hold in one call: one round trip to the store, both or neither.
+            admitted = await self._store.admissions.admit(
+                admission.rate_scopes,
+                scopes if estimate > 0 else [],
+                tokens=admission.prompt_tokens,
+                amount_usd=estimate,
+                request_id=uuid.uuid4().hex,
+                ttl_s=self._state.hold_ttl_s,
+            )
+        except StateUnavailable as exc:
+            self._outage.down(exc)
+            admission.rate_scopes = []
             why = self._on_outage("the state store is unavailable")
+            # A store outage spills by state.on_outage (just checked), not by a tenant's rule.
             return self._spill(admission, (why, StateUnavailable(why, retry_after=5.0)), None, redecide)
-        if isinstance(held, Reservation):
-            admission.hold = held
+        self._outage.up()
+        if admitted.ok:
+            admission.counted = bool(admission.rate_scopes)
+            if isinstance(admitted.hold, Reservation):
+                admission.hold = admitted.hold
             return decision
+        admission.rate_scopes = []
+        if not admitted.rate.allowed:
+            return self._spill(admission, self._rate_refusal(admission, admitted.rate), "on_rate_limited", redecide)
+        held = admitted.hold
+        assert isinstance(held, BudgetExceeded)
         self._metrics.budget_exhausted.labels(admission.client.tenant, held.scope.window).inc()
         what = (
             f"{_describe(held.scope.subject)}'s {'daily' if held.scope.window == 'day' else 'monthly'} budget of "
@@ -179,30 +188,6 @@ class SpendControl:
         )
         return self._spill(admission, (f"{what}; this request may cost {_usd(estimate)}", error),
                            "on_budget_exhausted", redecide)  # fmt: skip
-
-    async def _reserve(
-        self, scopes: list[BudgetScope], estimate: float
-    ) -> Reservation | BudgetExceeded | StateUnavailable:
-        try:
-            held = await self._store.budgets.reserve(
-                scopes, estimate, request_id=uuid.uuid4().hex, ttl_s=self._state.hold_ttl_s
-            )
-        except StateUnavailable as exc:
-            self._outage.down(exc)
-            return exc
-        self._outage.up()
-        return held
-
-    def _release_later(self, hold: Reservation) -> None:
-        async def release() -> None:
-            try:
-                await self._store.budgets.release(hold)
-            except StateUnavailable as exc:  # the hold frees itself after state.hold_ttl_s
-                self._outage.down(exc)
-
-        task = asyncio.get_running_loop().create_task(release())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _spill(
         self,
@@ -225,20 +210,8 @@ class SpendControl:
     def _priced(self, why: str) -> dict[str, str]:
         return {name: why for name in self._profiles if name not in self._local}
 
-    async def _acquire(self, admission: Admission) -> tuple[str, RateLimited | StateUnavailable] | None:
-        """None when the request fits every rate limit (and is counted); else why not, and the error."""
-        try:
-            decision = await self._store.rates.acquire(admission.rate_scopes, tokens=admission.prompt_tokens)
-        except StateUnavailable as exc:
-            self._outage.down(exc)
-            admission.rate_scopes = []
-            why = self._on_outage("the state store is unavailable")
-            return why, StateUnavailable(why, retry_after=5.0)
-        self._outage.up()
-        if decision.allowed:
-            admission.counted = True
-            return None
-        admission.rate_scopes = []
+    def _rate_refusal(self, admission: Admission, decision: RateDecision) -> tuple[str, RateLimited]:
+        """Why the rate limit refused the request, and the 429 to answer with."""
         scope = decision.scope
         assert scope is not None
         limit = scope.requests_per_minute if decision.kind == "requests" else scope.tokens_per_minute
@@ -275,7 +248,7 @@ class SpendControl:
 
     # -- settlement ------------------------------------------------------------------------------
 
-    def settle(self, admission: Admission, charges: Mapping[str, Usage], *, served: bool) -> None:
+    def settle(self, admission: Admission, charges: Mapping[str, Usage]) -> None:
         """Charge what the request cost (``charges``: usage per target it used) in a task of its own."""
         if admission.settled:
             return
@@ -289,21 +262,22 @@ class SpendControl:
         work = admission.hold is not None or (admission.counted and completion > 0)
         if not work:
             return
-        task = asyncio.get_running_loop().create_task(self._settle(admission, cost, completion, served))
+        task = asyncio.get_running_loop().create_task(self._settle(admission, cost, completion))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _settle(self, admission: Admission, cost: float, completion: int, served: bool) -> None:
-        budgets, rates = self._store.budgets, self._store.rates
+    async def _settle(self, admission: Admission, cost: float, completion: int) -> None:
+        counted = admission.counted and completion > 0
+        budgets = self._budget_scopes(admission.client) if admission.hold is not None else []
         try:
-            if admission.hold is not None:
-                if served or cost > 0:
-                    await budgets.settle(admission.hold, cost)
-                else:
-                    await budgets.release(admission.hold)
-                await self._report_remaining(admission.client)
-            if admission.counted and completion > 0:
-                await rates.record(admission.rate_scopes, tokens=completion)
+            # A hold settled at 0 is released: nothing was served, or nothing priced.
+            left = await self._store.admissions.complete(
+                admission.hold,
+                cost,
+                admission.rate_scopes if counted else [],
+                tokens=completion if counted else 0,
+                budgets=budgets,
+            )
         except StateUnavailable as exc:
             # The hold frees itself after state.hold_ttl_s; what it should have charged is lost, and said so.
             self._outage.down(exc)
@@ -312,11 +286,8 @@ class SpendControl:
             log.exception("settling a request's spend failed")
         else:
             self._outage.up()
-
-    async def _report_remaining(self, client: Client) -> None:
-        for scope in self._budget_scopes(client):
-            usage = await self._store.budgets.usage(scope)
-            self._metrics.budget_remaining.labels(scope.subject, scope.window).set(usage.remaining_usd)
+            for scope, usage in zip(budgets, left, strict=True):
+                self._metrics.budget_remaining.labels(scope.subject, scope.window).set(usage.remaining_usd)
 
     @property
     def pending(self) -> int:
@@ -358,10 +329,6 @@ class SpendControl:
 
 
 _NO_LIMITS = TenantSettings()
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _budgets(subject: str, day: float | None, month: float | None) -> list[BudgetScope]:

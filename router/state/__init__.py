@@ -7,6 +7,8 @@ suite: :class:`MemoryState` (the fake, one process), :class:`SQLiteState`
 """
 
 from router.state.base import (
+    Admissions,
+    Admitted,
     BudgetExceeded,
     BudgetScope,
     BudgetStore,
@@ -28,6 +30,8 @@ from router.state.sqlite import SQLiteState
 from router.state.stores import open_store
 
 __all__ = [
+    "Admissions",
+    "Admitted",
     "BudgetExceeded",
     "BudgetScope",
     "BudgetStore",

@@ -1,9 +1,12 @@
 """The contracts of the shared state: budgets, rate windows, client keys and a small key-value store.
 
+:class:`Admissions` asks the budgets and the rate windows at once: what the
+request path uses, one call to the store per request and one per completion.
+
 Every method is a coroutine: the gateway is asyncio, Redis is reached with
 ``redis.asyncio``, and SQLite runs its blocking calls on one worker thread of
-its own (:mod:`router.state.sqlite`). One backend module builds all four
-parts over one connection; :class:`StateStore` is that bundle. The in-memory
+its own (:mod:`router.state.sqlite`). One backend module builds all
+its parts over one connection; :class:`StateStore` is that bundle. The in-memory
 fake (:mod:`router.state.memory`), SQLite and Redis pass one contract suite
 (``tests/state/contract.py``).
 
@@ -23,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 __all__ = [
+    "Admissions",
+    "Admitted",
     "BudgetExceeded",
     "BudgetScope",
     "BudgetStore",
@@ -175,6 +180,58 @@ class RateLimiter(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Admitted:
+    """What :meth:`Admissions.admit` did: the rate decision and the hold (``None`` when none was asked).
+
+    Something was counted and held only when :attr:`ok`; a request that fits
+    its rate limits but not its budget has ``rate.allowed`` True and counted nothing.
+    """
+
+    rate: RateDecision
+    hold: Reservation | BudgetExceeded | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.rate.allowed and not isinstance(self.hold, BudgetExceeded)
+
+
+class Admissions(Protocol):
+    """One request's rate count and budget hold as one atomic call, and its completion as one more.
+
+    The same promises as :class:`RateLimiter` and :class:`BudgetStore`, asked
+    together: the request path waits for one call to the store, not two,
+    and ending a request (settle, the completion's tokens, what is left of
+    each budget) is one call too. ``admit`` is both-or-neither: a refusal
+    by either counts nothing and holds nothing.
+    """
+
+    async def admit(
+        self,
+        rates: list[RateScope],
+        budgets: list[BudgetScope],
+        *,
+        tokens: int,
+        amount_usd: float,
+        request_id: str,
+        ttl_s: float,
+    ) -> Admitted:
+        """Count one request and ``tokens`` on ``rates`` and hold ``amount_usd`` on ``budgets`` (none if empty)."""
+        ...
+
+    async def complete(
+        self,
+        hold: Reservation | None,
+        actual_usd: float,
+        rates: list[RateScope],
+        *,
+        tokens: int,
+        budgets: list[BudgetScope],
+    ) -> list[BudgetUsage]:
+        """Settle ``hold`` at ``actual_usd`` (0 releases it), count ``tokens`` learnt late, and read ``budgets``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class KeyLimits:
     """A client key's own limits, on top of its tenant's; ``None`` means none of that kind."""
 
@@ -250,7 +307,7 @@ class KeyValueStore(Protocol):
 
 
 class StateStore(Protocol):
-    """One backend's four parts over one connection; ``close()`` once at shutdown."""
+    """One backend's parts over one connection; ``close()`` once at shutdown."""
 
     @property
     def budgets(self) -> BudgetStore: ...
@@ -263,5 +320,8 @@ class StateStore(Protocol):
 
     @property
     def kv(self) -> KeyValueStore: ...
+
+    @property
+    def admissions(self) -> Admissions: ...
 
     async def close(self) -> None: ...

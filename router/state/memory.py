@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from router.state.base import (
+    Admitted,
     BudgetExceeded,
     BudgetScope,
     BudgetUsage,
@@ -37,6 +38,8 @@ from router.state.base import (
 from router.state.windows import (
     COUNTER_GRACE_S,
     FINISHED_TTL_S,
+    BudgetCharge,
+    RateCounter,
     bucket_of,
     budget_plan,
     counter_for,
@@ -50,6 +53,7 @@ from router.state.windows import (
 __all__ = ["MemoryState"]
 
 Clock = Callable[[], float]
+SWEEP_EVERY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -66,14 +70,21 @@ class _Counter:
 
 
 class MemoryBudgets:
-    """Budgets in dictionaries; one lock makes each call atomic, also across threads."""
+    """Budgets in dictionaries; one lock makes each call atomic, also across threads.
+
+    Every read skips what has expired, so clearing it away (:meth:`_sweep`)
+    is housekeeping, done every few seconds rather than on every call: a
+    gateway that runs for a day remembers a day of finished reservations.
+    """
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._counters: dict[str, _Counter] = {}
         self._holds: dict[str, _Hold] = {}
-        self._finished: dict[str, float] = {}
+        self._holds_on: dict[str, dict[str, _Hold]] = {}  # counter name -> its holds by id
+        self._finished: dict[str, float] = {}  # in the order finished, so expiring in that order too
+        self._swept_at = -float("inf")
 
     async def reserve(
         self, scopes: list[BudgetScope], amount_usd: float, *, request_id: str, ttl_s: float
@@ -81,17 +92,26 @@ class MemoryBudgets:
         now, amount = self._clock(), to_micros(amount_usd)
         plan = budget_plan(scopes, now=now)
         with self._lock:
-            self._sweep(now)
-            for item in plan:
-                spent, held = self._spent_on(item.counter.name), self._held_on(item.counter.name)
-                if spent + held + amount > item.limit:
-                    return refusal(item, spent, held)
-            for item in plan:
-                self._counters.setdefault(item.counter.name, _Counter(0, item.counter.ends_at + COUNTER_GRACE_S))
-            charges = tuple(item.counter.name for item in plan)
-            hold = Reservation(uuid.uuid4().hex, request_id, to_usd(amount), charges, now + ttl_s)
-            self._holds[hold.id] = _Hold(amount, charges, hold.expires_at)
-            return hold
+            return self._check(plan, amount, now) or self._place(plan, amount, request_id, now + ttl_s)
+
+    def _check(self, plan: list[BudgetCharge], amount: int, now: float) -> BudgetExceeded | None:
+        """The first scope without room for ``amount`` (hold the lock)."""
+        self._sweep(now)
+        for item in plan:
+            spent, held = self._spent_on(item.counter.name, now), self._held_on(item.counter.name, now)
+            if spent + held + amount > item.limit:
+                return refusal(item, spent, held)
+        return None
+
+    def _place(self, plan: list[BudgetCharge], amount: int, request_id: str, expires_at: float) -> Reservation:
+        charges = tuple(item.counter.name for item in plan)
+        hold = Reservation(uuid.uuid4().hex, request_id, to_usd(amount), charges, expires_at)
+        entry = _Hold(amount, charges, hold.expires_at)
+        self._holds[hold.id] = entry
+        for item in plan:
+            self._counters.setdefault(item.counter.name, _Counter(0, item.counter.ends_at + COUNTER_GRACE_S))
+            self._holds_on.setdefault(item.counter.name, {})[hold.id] = entry
+        return hold
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> bool:
         return self._finish(reservation, to_micros(actual_usd))
@@ -103,34 +123,56 @@ class MemoryBudgets:
         now = self._clock()
         name = counter_for(scope, now=now).name
         with self._lock:
-            self._sweep(now)
-            return BudgetUsage(to_usd(self._spent_on(name)), to_usd(self._held_on(name)), scope.limit_usd)
+            return self._usage(scope, name, now)
+
+    def _usage(self, scope: BudgetScope, name: str, now: float) -> BudgetUsage:
+        self._sweep(now)
+        return BudgetUsage(to_usd(self._spent_on(name, now)), to_usd(self._held_on(name, now)), scope.limit_usd)
 
     def _finish(self, reservation: Reservation, charge: int) -> bool:
         now = self._clock()
         with self._lock:
             self._sweep(now)
-            if reservation.id in self._finished:
+            if self._finished.get(reservation.id, 0.0) > now:
                 return False
-            self._holds.pop(reservation.id, None)
+            self._drop(reservation.id)
             for name in reservation.charges:
                 # A counter past its window and grace is gone: nobody reads it any more.
-                if name in self._counters:
-                    self._counters[name].spent += charge
+                counter = self._counters.get(name)
+                if counter is not None and counter.expires_at > now:
+                    counter.spent += charge
             self._finished[reservation.id] = now + FINISHED_TTL_S
             return True
 
-    def _spent_on(self, name: str) -> int:
+    def _spent_on(self, name: str, now: float) -> int:
         counter = self._counters.get(name)
-        return 0 if counter is None else counter.spent
+        return 0 if counter is None or counter.expires_at <= now else counter.spent
 
-    def _held_on(self, name: str) -> int:
-        return sum(hold.amount for hold in self._holds.values() if name in hold.charges)
+    def _held_on(self, name: str, now: float) -> int:
+        return sum(hold.amount for hold in self._holds_on.get(name, {}).values() if hold.expires_at > now)
+
+    def _drop(self, hold_id: str) -> None:
+        hold = self._holds.pop(hold_id, None)
+        if hold is not None:
+            for name in hold.charges:
+                on = self._holds_on.get(name)
+                if on is not None:
+                    on.pop(hold_id, None)
+                    if not on:
+                        del self._holds_on[name]
 
     def _sweep(self, now: float) -> None:
-        self._holds = {key: hold for key, hold in self._holds.items() if hold.expires_at > now}
+        if now - self._swept_at < SWEEP_EVERY_S:
+            return
+        self._swept_at = now
+        for hold_id in [key for key, hold in self._holds.items() if hold.expires_at <= now]:
+            self._drop(hold_id)
         self._counters = {key: counter for key, counter in self._counters.items() if counter.expires_at > now}
-        self._finished = {key: until for key, until in self._finished.items() if until > now}
+        while self._finished:
+            oldest = next(iter(self._finished))
+            if self._finished[oldest] > now:
+                break
+            del self._finished[oldest]
 
 
 class MemoryRates:
@@ -145,11 +187,14 @@ class MemoryRates:
         plan = rate_plan(scopes, tokens=tokens)
         bucket, elapsed = bucket_of(self._clock())
         with self._lock:
-            counts = [(self._count(c.name, bucket - 1), self._count(c.name, bucket)) for c in plan]
-            decision = decide(plan, counts, elapsed)
+            decision = self._check(plan, bucket, elapsed)
             if decision.allowed:
                 self._add([(c.name, c.cost) for c in plan], bucket)
             return decision
+
+    def _check(self, plan: list[RateCounter], bucket: int, elapsed: int) -> RateDecision:
+        counts = [(self._count(c.name, bucket - 1), self._count(c.name, bucket)) for c in plan]
+        return decide(plan, counts, elapsed)
 
     async def record(self, scopes: list[RateScope], *, tokens: int) -> None:
         plan = rate_plan(scopes, tokens=tokens, requests=0)
@@ -223,6 +268,56 @@ class MemoryKeyValues:
         self._values.pop(key, None)
 
 
+class MemoryAdmissions:
+    """Rate windows and budgets asked together, under both their locks."""
+
+    def __init__(self, budgets: MemoryBudgets, rates: MemoryRates, clock: Clock) -> None:
+        self._budgets = budgets
+        self._rates = rates
+        self._clock = clock
+
+    async def admit(
+        self,
+        rates: list[RateScope],
+        budgets: list[BudgetScope],
+        *,
+        tokens: int,
+        amount_usd: float,
+        request_id: str,
+        ttl_s: float,
+    ) -> Admitted:
+        now, amount = self._clock(), to_micros(amount_usd)
+        plan, charges = rate_plan(rates, tokens=tokens), budget_plan(budgets, now=now)
+        bucket, elapsed = bucket_of(now)
+        with self._budgets._lock, self._rates._lock:
+            decision = self._rates._check(plan, bucket, elapsed)
+            if not decision.allowed:
+                return Admitted(decision)
+            if not charges:
+                self._rates._add([(c.name, c.cost) for c in plan], bucket)
+                return Admitted(decision)
+            refused = self._budgets._check(charges, amount, now)
+            if refused is not None:
+                return Admitted(decision, refused)
+            self._rates._add([(c.name, c.cost) for c in plan], bucket)
+            return Admitted(decision, self._budgets._place(charges, amount, request_id, now + ttl_s))
+
+    async def complete(
+        self,
+        hold: Reservation | None,
+        actual_usd: float,
+        rates: list[RateScope],
+        *,
+        tokens: int,
+        budgets: list[BudgetScope],
+    ) -> list[BudgetUsage]:
+        if hold is not None:
+            self._budgets._finish(hold, to_micros(actual_usd))
+        if tokens:
+            await self._rates.record(rates, tokens=tokens)
+        return [await self._budgets.usage(scope) for scope in budgets]
+
+
 class MemoryState:
     """Budgets, rate windows, keys and values in this process; ``clock`` is epoch seconds (UTC windows)."""
 
@@ -231,6 +326,7 @@ class MemoryState:
         self.rates = MemoryRates(clock)
         self.keys = MemoryKeys(clock)
         self.kv = MemoryKeyValues(clock)
+        self.admissions = MemoryAdmissions(self.budgets, self.rates, clock)
 
     async def close(self) -> None:
         return None

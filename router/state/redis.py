@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from router.errors import StateUnavailable
 from router.state import redis_lua
 from router.state.base import (
+    Admitted,
     BudgetExceeded,
     BudgetScope,
     BudgetUsage,
@@ -79,6 +80,8 @@ class _Connection:
         self.usage = client.register_script(redis_lua.USAGE)
         self.rate = client.register_script(redis_lua.RATE)
         self.swap = client.register_script(redis_lua.SWAP)
+        self.admit = client.register_script(redis_lua.ADMIT)
+        self.complete = client.register_script(redis_lua.COMPLETE)
 
     def key(self, *parts: str | int) -> str:
         return ":".join([self.namespace, *map(str, parts)])
@@ -91,8 +94,11 @@ class _Connection:
             raise StateUnavailable(f"state store {self._location}: {exc}") from exc
 
     async def run(self, script: AsyncScript, keys: list[str], args: list[str | bytes | int]) -> Any:
-        async with self.translated():
+        # The request path's call: a plain try costs less than the context manager.
+        try:
             return await script(keys=keys, args=args)
+        except self._errors as exc:
+            raise StateUnavailable(f"state store {self._location}: {exc}") from exc
 
 
 def _ms(seconds: float) -> int:
@@ -170,13 +176,86 @@ class RedisRates:
         if not plan:
             return
         bucket = bucket_of(self._clock())[0]
-        async with self._conn.translated():
-            pipe = self._conn.client.pipeline(transaction=False)
+        async with self._conn.translated(), self._conn.client.pipeline(transaction=False) as pipe:
             for item in plan:
                 key = self._conn.key("rate", item.name, bucket)
                 pipe.incrby(key, item.cost)
                 pipe.pexpire(key, 2 * RATE_WIDTH_MS)
             await pipe.execute()
+
+
+class RedisAdmissions:
+    """The rate count and the budget hold as one script; a completion as one more."""
+
+    def __init__(self, conn: _Connection, budgets: RedisBudgets, clock: Clock) -> None:
+        self._conn = conn
+        self._budgets = budgets
+        self._clock = clock
+
+    async def admit(
+        self,
+        rates: list[RateScope],
+        budgets: list[BudgetScope],
+        *,
+        tokens: int,
+        amount_usd: float,
+        request_id: str,
+        ttl_s: float,
+    ) -> Admitted:
+        now, amount = self._clock(), to_micros(amount_usd)
+        plan, charges = rate_plan(rates, tokens=tokens), budget_plan(budgets, now=now)
+        if not plan and not charges:
+            return Admitted(RateDecision(True))
+        bucket, elapsed = bucket_of(now)
+        hold = Reservation(
+            uuid.uuid4().hex, request_id, to_usd(amount), tuple(i.counter.name for i in charges), now + ttl_s
+        )
+        keys = [self._conn.key("rate", c.name, b) for c in plan for b in (bucket - 1, bucket)]
+        keys += self._budgets._keys(hold.charges)
+        args: list[str | bytes | int] = [len(plan), RATE_WIDTH_MS, elapsed, 2 * RATE_WIDTH_MS]
+        for item in plan:
+            args += [item.limit, item.cost]
+        args += [_ms(now), hold.id, amount, _ms(hold.expires_at)]
+        for charge in charges:
+            keep = max(charge.counter.ends_at + COUNTER_GRACE_S, hold.expires_at) - now
+            args += [charge.limit, _ms(keep)]
+        outcome, *rest = await self._conn.run(self._conn.admit, keys, args)
+        if int(outcome) == 1:
+            return Admitted(RateDecision(True), hold if charges else None)
+        if int(outcome) == 2:
+            index, spent, held = map(int, rest)
+            return Admitted(RateDecision(True), refusal(charges[index - 1], spent, held))
+        pairs = [(int(rest[i]), int(rest[i + 1])) for i in range(0, len(rest), 2)]
+        return Admitted(decide(plan, pairs, elapsed))
+
+    async def complete(
+        self,
+        hold: Reservation | None,
+        actual_usd: float,
+        rates: list[RateScope],
+        *,
+        tokens: int,
+        budgets: list[BudgetScope],
+    ) -> list[BudgetUsage]:
+        now = self._clock()
+        plan = rate_plan(rates, tokens=tokens, requests=0) if tokens else []
+        bucket = bucket_of(now)[0]
+        conn = self._conn
+        keys: list[str] = []
+        if hold is not None:
+            keys += [conn.key("budget-finished", hold.id), *self._budgets._keys(hold.charges)]
+        keys += [conn.key("rate", item.name, bucket) for item in plan]
+        keys += self._budgets._keys([counter_for(scope, now=now).name for scope in budgets])
+        args: list[str | bytes | int] = [
+            int(hold is not None), len(hold.charges) if hold else 0, len(plan), len(budgets),
+            hold.id if hold else "", to_micros(actual_usd), _ms(FINISHED_TTL_S), 2 * RATE_WIDTH_MS, _ms(now),
+            *(item.cost for item in plan),
+        ]  # fmt: skip
+        counts = await conn.run(conn.complete, keys, args)
+        return [
+            BudgetUsage(to_usd(int(counts[2 * i])), to_usd(int(counts[2 * i + 1])), scope.limit_usd)
+            for i, scope in enumerate(budgets)
+        ]
 
 
 class RedisKeys:
@@ -242,8 +321,7 @@ class RedisKeyValues:
 
     async def set(self, key: str, value: str, *, ttl_s: float | None = None) -> None:
         name = self._conn.key("kv", key)
-        async with self._conn.translated():
-            pipe = self._conn.client.pipeline(transaction=True)
+        async with self._conn.translated(), self._conn.client.pipeline(transaction=True) as pipe:
             pipe.delete(name)
             if ttl_s is None:
                 pipe.hset(name, "value", value)
@@ -283,6 +361,7 @@ class RedisState:
         self.rates = RedisRates(self._conn, clock)
         self.keys = RedisKeys(self._conn, clock)
         self.kv = RedisKeyValues(self._conn, clock)
+        self.admissions = RedisAdmissions(self._conn, self.budgets, clock)
 
     async def close(self) -> None:
         await self._conn.client.aclose()

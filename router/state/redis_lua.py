@@ -8,7 +8,7 @@ Lua. The clock is the caller's (``now`` in ``ARGV``), as in the other stores.
 
 from __future__ import annotations
 
-__all__ = ["FINISH", "RATE", "RESERVE", "SWAP", "USAGE"]
+__all__ = ["ADMIT", "COMPLETE", "FINISH", "RATE", "RESERVE", "SWAP", "USAGE"]
 
 # Frees one counter's holds whose expiry has passed.
 _SWEEP = """
@@ -46,7 +46,6 @@ for i = 1, n do
 end
 for i = 1, n do
   local b, x, ttl = KEYS[2 * i - 1], KEYS[2 * i], ARGV[4 + 2 * i]
-  redis.call('HINCRBY', b, 'spent', 0)
   redis.call('HINCRBY', b, 'held', amount)
   redis.call('HSET', b, 'h:' .. id, amount)
   redis.call('ZADD', x, expires, id)
@@ -57,28 +56,37 @@ return {1, 0, 0, 0}
 """
 )
 
-FINISH = """
--- KEYS: the finished marker, then hash, zset per counter. ARGV: id, charge, marker ttl.
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
-end
-local id, charge = ARGV[1], ARGV[2]
-for i = 2, #KEYS, 2 do
-  local b, x = KEYS[i], KEYS[i + 1]
-  local amount = redis.call('HGET', b, 'h:' .. id)
-  if amount and amount ~= '0' then
-    redis.call('HINCRBY', b, 'held', '-' .. amount)
+# Charges one hold's counters and drops the hold, once: the marker remembers it was done.
+_FINISH = """
+local function finish(marker, id, charge, ttl, first, last)
+  if redis.call('EXISTS', marker) == 1 then
+    return 0
   end
-  redis.call('HDEL', b, 'h:' .. id)
-  redis.call('ZREM', x, id)
-  -- A counter past its window and grace has expired: nobody reads it any more.
-  if redis.call('EXISTS', b) == 1 then
-    redis.call('HINCRBY', b, 'spent', charge)
+  for i = first, last, 2 do
+    local b, x = KEYS[i], KEYS[i + 1]
+    local amount = redis.call('HGET', b, 'h:' .. id)
+    if amount and amount ~= '0' then
+      redis.call('HINCRBY', b, 'held', '-' .. amount)
+    end
+    redis.call('HDEL', b, 'h:' .. id)
+    redis.call('ZREM', x, id)
+    -- A counter past its window and grace has expired: nobody reads it any more.
+    if redis.call('EXISTS', b) == 1 then
+      redis.call('HINCRBY', b, 'spent', charge)
+    end
   end
+  redis.call('SET', marker, '1', 'PX', ttl)
+  return 1
 end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
-return 1
 """
+
+FINISH = (
+    _FINISH
+    + """
+-- KEYS: the finished marker, then hash, zset per counter. ARGV: id, charge, marker ttl.
+return finish(KEYS[1], ARGV[1], ARGV[2], ARGV[3], 2, #KEYS)
+"""
+)
 
 USAGE = (
     _SWEEP
@@ -121,3 +129,87 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
+
+ADMIT = (
+    _SWEEP
+    + """
+-- RATE then RESERVE in one script: both or neither.
+-- KEYS: previous, current bucket per rate counter, then hash, zset per budget counter.
+-- ARGV: number of rate counters, width, elapsed, rate ttl, limit and cost per rate counter,
+--       then now, hold id, amount, expires, limit and ttl per budget counter.
+local nrate = tonumber(ARGV[1])
+local width, elapsed = tonumber(ARGV[2]), tonumber(ARGV[3])
+local reply, fits = {1}, 1
+for i = 1, nrate do
+  local prev = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local cur = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local limit, cost = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+  reply[2 * i], reply[2 * i + 1] = prev, cur
+  if prev * (width - elapsed) + (cur + cost) * width > limit * width then
+    fits = 0
+  end
+end
+if fits == 0 then
+  reply[1] = 0
+  return reply
+end
+local k, a = 2 * nrate, 5 + 2 * nrate
+local now, id, amount, expires = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+local nbudget = (#KEYS - k) / 2
+for i = 1, nbudget do
+  sweep(KEYS[k + 2 * i - 1], KEYS[k + 2 * i], now)
+end
+for i = 1, nbudget do
+  local b = KEYS[k + 2 * i - 1]
+  local spent = tonumber(redis.call('HGET', b, 'spent') or '0')
+  local held = tonumber(redis.call('HGET', b, 'held') or '0')
+  if spent + held + tonumber(amount) > tonumber(ARGV[a + 2 + 2 * i]) then
+    return {2, i, spent, held}
+  end
+end
+for i = 1, nrate do
+  redis.call('INCRBY', KEYS[2 * i], ARGV[4 + 2 * i])
+  redis.call('PEXPIRE', KEYS[2 * i], ARGV[4])
+end
+for i = 1, nbudget do
+  local b, x, ttl = KEYS[k + 2 * i - 1], KEYS[k + 2 * i], ARGV[a + 3 + 2 * i]
+  redis.call('HINCRBY', b, 'held', amount)
+  redis.call('HSET', b, 'h:' .. id, amount)
+  redis.call('ZADD', x, expires, id)
+  redis.call('PEXPIRE', b, ttl)
+  redis.call('PEXPIRE', x, ttl)
+end
+return {1}
+"""
+)
+
+COMPLETE = (
+    _SWEEP
+    + _FINISH
+    + """
+-- FINISH, the completion's tokens and USAGE of the budgets, in one script.
+-- KEYS: [the finished marker, hash and zset per held counter], the current bucket per rate counter,
+--       hash and zset per budget to read.
+-- ARGV: has a hold (0/1), held counters, rate counters, budgets to read, hold id, charge, marker ttl,
+--       rate ttl, now, then the tokens per rate counter.
+local has, nh, nr, nu = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local k = 0
+if has == 1 then
+  finish(KEYS[1], ARGV[5], ARGV[6], ARGV[7], 2, 1 + 2 * nh)
+  k = 1 + 2 * nh
+end
+for i = 1, nr do
+  redis.call('INCRBY', KEYS[k + i], ARGV[9 + i])
+  redis.call('PEXPIRE', KEYS[k + i], ARGV[8])
+end
+k = k + nr
+local reply = {}
+for i = 1, nu do
+  local b, x = KEYS[k + 2 * i - 1], KEYS[k + 2 * i]
+  sweep(b, x, ARGV[9])
+  reply[2 * i - 1] = tonumber(redis.call('HGET', b, 'spent') or '0')
+  reply[2 * i] = tonumber(redis.call('HGET', b, 'held') or '0')
+end
+return reply
+"""
+)

@@ -14,6 +14,7 @@ Counter(name='tenant:acme|month|2026-03', ends_at=1775001600.0)
 from __future__ import annotations
 
 import calendar
+import functools
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -93,7 +94,14 @@ def refusal(item: BudgetCharge, spent: int, held: int) -> BudgetExceeded:
 
 
 def _period(window: Window, now: float) -> tuple[str, float]:
-    day = time.gmtime(now)
+    # Days and months both turn at UTC midnight, so the UTC day number decides; the request path asks
+    # this for every budget of every request.
+    return _period_of_day(window, int(now // 86_400))
+
+
+@functools.lru_cache(maxsize=64)
+def _period_of_day(window: Window, day_number: int) -> tuple[str, float]:
+    day = time.gmtime(day_number * 86_400)
     if window == "day":
         start = calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0))
         return time.strftime("%Y-%m-%d", day), float(start + 86_400)

@@ -9,9 +9,9 @@ import router.state
 from tests.support.processes import ROOT
 
 EXPORTED = {
-    "BudgetExceeded", "BudgetScope", "BudgetStore", "BudgetUsage", "KeyLimits", "KeyRecord", "KeyStore",
-    "KeyValueStore", "MemoryState", "RateDecision", "RateLimiter", "RateScope", "RedisState", "Reservation",
-    "SQLiteState", "StateStore", "Window", "open_store",
+    "Admissions", "Admitted", "BudgetExceeded", "BudgetScope", "BudgetStore", "BudgetUsage", "KeyLimits", "KeyRecord",
+    "KeyStore", "KeyValueStore", "MemoryState", "RateDecision", "RateLimiter", "RateScope", "RedisState",
+    "Reservation", "SQLiteState", "StateStore", "Window", "open_store",
 }  # fmt: skip
 
 

@@ -381,6 +381,81 @@ async def test_50_concurrent_acquires_admit_exactly_the_limit(store: StateStore)
     assert sum(d.allowed for d in decisions) == 20
 
 
+# Admissions: the rate count and the hold in one call, the completion in another
+
+
+async def test_admit_counts_the_request_and_places_the_hold_together(store: StateStore) -> None:
+    rate, budget = rpm(2), tenant(1.0)
+
+    admitted = await store.admissions.admit([rate], [budget], tokens=0, amount_usd=0.4, request_id="r", ttl_s=60)
+
+    assert admitted.ok and isinstance(admitted.hold, Reservation)
+    assert admitted.hold.amount_usd == 0.4
+    assert (await store.budgets.usage(budget)).held_usd == 0.4
+    assert (await store.rates.acquire([rate], tokens=0)).allowed
+    assert not (await store.rates.acquire([rate], tokens=0)).allowed  # the admit counted one of the two
+
+
+async def test_admit_is_both_or_neither(store: StateStore) -> None:
+    rate, budget = rpm(5), tenant(1.0)
+    await hold(store, [budget], 0.9)
+
+    short = await store.admissions.admit([rate], [budget], tokens=0, amount_usd=0.2, request_id="r", ttl_s=60)
+
+    assert not short.ok and short.rate.allowed
+    assert isinstance(short.hold, BudgetExceeded) and short.hold.scope == budget
+    for _ in range(5):  # the refused request counted nothing against the rate limit
+        assert (await store.rates.acquire([rate], tokens=0)).allowed
+
+    limited = await store.admissions.admit([rate], [budget], tokens=0, amount_usd=0.05, request_id="r", ttl_s=60)
+
+    assert not limited.ok and (limited.rate.allowed, limited.rate.scope, limited.hold) == (False, rate, None)
+    assert (await store.budgets.usage(budget)).held_usd == 0.9  # and held nothing
+
+
+async def test_admit_without_budgets_only_counts(store: StateStore) -> None:
+    rate = RateScope("tenant:acme", tokens_per_minute=100)
+    first = await store.admissions.admit([rate], [], tokens=60, amount_usd=0.0, request_id="r", ttl_s=60)
+    second = await store.admissions.admit([rate], [], tokens=60, amount_usd=0.0, request_id="r", ttl_s=60)
+    assert (first.ok, first.hold) == (True, None)
+    assert (second.ok, second.rate.kind) == (False, "tokens")
+    nothing = await store.admissions.admit([], [], tokens=10**6, amount_usd=0.0, request_id="r", ttl_s=60)
+    assert nothing.ok
+
+
+async def test_complete_settles_counts_the_late_tokens_and_reads_what_is_left(store: StateStore) -> None:
+    rate, day, month = RateScope("tenant:acme", tokens_per_minute=100), tenant(1.0), tenant(10.0, "month")
+    admitted = await store.admissions.admit([rate], [day, month], tokens=40, amount_usd=0.5, request_id="r", ttl_s=60)
+    assert isinstance(admitted.hold, Reservation)
+
+    left = await store.admissions.complete(admitted.hold, 0.125, [rate], tokens=50, budgets=[day, month])
+
+    assert [(u.spent_usd, u.held_usd, u.remaining_usd) for u in left] == [(0.125, 0.0, 0.875), (0.125, 0.0, 9.875)]
+    assert not (await store.rates.acquire([rate], tokens=11)).allowed  # 40 + 50 counted
+    assert await store.budgets.settle(admitted.hold, 0.125) is False  # completed once
+    released = await store.admissions.admit([], [day], tokens=0, amount_usd=0.5, request_id="r", ttl_s=60)
+    assert isinstance(released.hold, Reservation)
+    left = await store.admissions.complete(released.hold, 0.0, [], tokens=0, budgets=[day])
+    assert (left[0].spent_usd, left[0].held_usd) == (0.125, 0.0)
+
+
+async def test_50_concurrent_admissions_at_the_edge_never_overshoot(store: StateStore) -> None:
+    budget, rate = tenant(1.0), RateScope("tenant:acme", requests_per_minute=30)
+    admitted = await asyncio.gather(*(
+        store.admissions.admit([rate], [budget], tokens=0, amount_usd=0.03, request_id=f"r{i}", ttl_s=60)
+        for i in range(50)
+    ))  # fmt: skip
+    held = [a.hold for a in admitted if a.ok]
+    assert len(held) == 30  # the rate limit binds first: 30 x $0.03 fits in $1
+    assert (await store.budgets.usage(budget)).held_usd == pytest.approx(0.9)
+    more = await asyncio.gather(*(
+        store.admissions.admit([], [budget], tokens=0, amount_usd=0.03, request_id=f"s{i}", ttl_s=60)
+        for i in range(50)
+    ))  # fmt: skip
+    assert sum(a.ok for a in more) == 3
+    assert (await store.budgets.usage(budget)).remaining_usd == pytest.approx(0.01)
+
+
 # Client keys
 
 
