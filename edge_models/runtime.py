@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChatMessage",
     "EdgeModel",
+    "FinishReason",
     "Generation",
     "SamplingOptions",
     "StopMatcher",

@@ -273,11 +273,27 @@ class OnnxTargetConfig(_TargetCommon):
         default=None,
         description="Where built models live; default $HYBRID_ROUTER_MODELS_DIR or ~/.cache/hybrid-router/models.",
     )
+    batching: bool = Field(
+        default=True,
+        description="Continuous batching (edge_models/batching.py): generations join and leave one batch between "
+        "decode steps, so concurrent requests share each step. False: one generation per worker thread.",
+    )
     max_concurrency: Annotated[int, Field(ge=1)] | None = Field(
-        default=None, description="Generations at once; default one per two CPU cores."
+        default=None,
+        description="Generations at once: with batching, the rows decoded together (default 8); without, worker "
+        "threads (default one per two CPU cores).",
+    )
+    prefix_cache_tokens: Annotated[int, Field(ge=0)] = Field(
+        default=2048,
+        description="With batching: tokens of recent prompts and answers whose key/value cache is kept (46 KB "
+        "each for SmolLM2-135M), so a prompt starting the same way (a system prompt, earlier turns) reuses it. "
+        "0 turns prefix reuse off.",
     )
     max_queue: Annotated[int, Field(ge=0)] = Field(default=8, description="Requests waiting for a slot before busy.")
-    threads: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Intra-op threads per generation.")
+    threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="Intra-op threads: with batching, of the one batch (default all cores); without, per generation.",
+    )
     default_max_tokens: Annotated[int, Field(ge=1)] = Field(
         default=512, description="When the request sets no max_tokens."
     )

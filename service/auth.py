@@ -13,6 +13,7 @@ from router.state import KeyLimits, KeyRecord
 from service.settings import AuthSettings, ServerSettings
 
 __all__ = [
+    "AUTO_HOST",
     "DEFAULT_TENANT",
     "KeyChecker",
     "config_records",
@@ -21,6 +22,10 @@ __all__ = [
     "open_access_warning",
     "startup_problems",
 ]
+
+
+AUTO_HOST = "auto"
+"""``server.host: auto``: every interface with client keys, loopback without (:func:`service.server.listen_host`)."""
 
 
 def hash_key(key: str) -> str:
@@ -136,7 +141,9 @@ def startup_problems(
         f"set client keys (plain keys, comma-separated, in ${auth.api_keys_env}, "
         "or `hybrid-router auth hash KEY` into auth.api_key_hashes)"
     )
-    if not (checker.enabled or stored_keys) and not auth.allow_unauthenticated and not is_loopback(server.host):
+    # ``auto`` binds every interface only when keys (or allow_unauthenticated) are there: never open.
+    open_address = server.host != AUTO_HOST and not is_loopback(server.host)
+    if not (checker.enabled or stored_keys) and not auth.allow_unauthenticated and open_address:
         problems.append(
             f"refusing to serve on {server.host}:{server.port} without client keys: anyone who can reach that "
             f"address could use the gateway and spend its cloud keys. Do one of: {keys_hint}; or listen on "

@@ -30,17 +30,23 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from service.auth import AUTO_HOST
     from service.logs import configure_logging
-    from service.server import serve
+    from service.server import listen_host, serve
     from service.settings import ConfigSource
 
     given = {key: value for key in ("host", "port") if (value := getattr(args, key)) is not None}
     # --host/--port beat the file and env vars, on every reload too.
     source = ConfigSource.resolve(args.config, **({"server": given} if given else {}))
     settings = source.load()
+    configure_logging(settings.logging)
+    if settings.server.host == AUTO_HOST:
+        # Resolved once, and kept on every reload like --host: the address bound does not change while serving.
+        given["host"] = listen_host(settings)
+        source = ConfigSource.resolve(args.config, server=given)
+        settings = source.load()
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
-    configure_logging(settings.logging)
     serve(settings, source=source, workers=args.workers)
     return 0
 

@@ -31,9 +31,11 @@ import asyncio
 import contextlib
 import http
 import logging
+import os
 import signal
 import socket
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -43,10 +45,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from router.errors import ConfigError, GatewayOverloaded, HeadersTooLarge, HybridRouterError, RequestTimeout
 from service.app import create_app, create_metrics_app
-from service.auth import open_access_warning, startup_problems
+from service.auth import AUTO_HOST, config_records, open_access_warning, startup_problems
 from service.settings import ConfigSource, ServerSettings, Settings
 
-__all__ = ["GuardedHttpToolsProtocol", "build_servers", "guarded_protocol", "serve"]
+__all__ = ["GuardedHttpToolsProtocol", "build_servers", "guarded_protocol", "listen_host", "serve"]
 
 log = logging.getLogger("hybrid_router.server")
 
@@ -303,6 +305,28 @@ def _store_has_keys(url: str) -> bool:
     return asyncio.run(ask())
 
 
+def listen_host(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
+    """The address ``server.host: auto`` (the container image's default) stands for.
+
+    Every interface (``0.0.0.0``) when client keys guard the gateway (config,
+    ``$HYBRID_ROUTER_API_KEYS`` or the state store) or ``auth.allow_unauthenticated``
+    says something in front of it does; loopback otherwise, so an image started
+    without keys is never an open relay to its cloud keys. Any other value is itself.
+    """
+    if settings.server.host != AUTO_HOST:
+        return settings.server.host
+    if config_records(settings.auth, environ) or settings.auth.allow_unauthenticated:
+        return "0.0.0.0"  # guarded by keys, or by the operator's word that something in front is
+    if _store_has_keys(settings.state.url):
+        return "0.0.0.0"
+    log.warning(
+        "server.host is auto and no client keys are set: serving on 127.0.0.1 only (the app beside it, in the "
+        "same network namespace, can call it). Set $%s to serve on every interface.",
+        settings.auth.api_keys_env,
+    )
+    return "127.0.0.1"
+
+
 def serve(
     settings: Settings,
     *,
@@ -317,6 +341,9 @@ def serve(
     these (a worker of :mod:`service.workers`) instead of binding
     ``server.host:port``. ``workers`` > 1 runs that many processes.
     """
+    if settings.server.host == AUTO_HOST:
+        server = settings.server.model_copy(update={"host": listen_host(settings)})
+        settings = settings.model_copy(update={"server": server})
     if workers > 1:
         from service.workers import serve_workers
 
@@ -332,5 +359,27 @@ def serve(
         log.warning(open_access_warning(settings.server.host, settings.server.port, settings.auth))
     metrics_app = create_metrics_app(gateway) if settings.server.metrics_port is not None else None
     servers = build_servers(settings, app, metrics_app)
-    with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
+    with _drained_exit_is_clean(), asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
         runner.run(run_servers(servers, sockets))
+
+
+@contextlib.contextmanager
+def _drained_exit_is_clean() -> Iterator[None]:
+    """Exit 0 after a SIGTERM or SIGINT that uvicorn turned into a graceful shutdown.
+
+    uvicorn catches the signal, drains in-flight requests, then raises it once
+    more with the handlers it found so that the process dies of it (exit 143):
+    a container runtime or supervisor then reads a drained, orderly stop as a
+    kill. This handler is what it finds; it takes that second delivery, and
+    serving returns normally.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; a caller elsewhere keeps its own
+        return
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -26,8 +26,8 @@ from router.errors import ConfigError
 from service.app import create_app, create_metrics_app
 from service.auth import KeyChecker, hash_key, is_loopback, startup_problems
 from service.cli import main
-from service.server import serve
-from service.settings import AuthSettings, LimitSettings, ServerSettings, load_settings
+from service.server import listen_host, serve
+from service.settings import AuthSettings, LimitSettings, ServerSettings, Settings, load_settings
 from tests.conftest import ClientFactory, chat_body, cloud_backend, edge_backend, make_settings
 from tests.test_errors import assert_openai_error
 
@@ -135,22 +135,25 @@ def test_config_check_warns_on_loopback_without_keys(public_config: Path, capsys
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_image_refuses_to_start_without_keys_and_compose_stays_on_loopback() -> None:
+def test_the_image_opens_only_behind_keys_and_compose_stays_on_loopback() -> None:
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     instructions = "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#"))
     image_host = re.search(r"HYBRID_ROUTER_SERVER__HOST=(\S+)", instructions)
     assert image_host is not None
-    image = ServerSettings(host=image_host.group(1))
-    keyed = KeyChecker.from_settings(AuthSettings(), environ={"HYBRID_ROUTER_API_KEYS": KEY})
-    assert startup_problems(image, AuthSettings(), KeyChecker())
-    assert startup_problems(image, AuthSettings(), keyed) == []
+    image = Settings.model_validate({"targets": {"edge": {"type": "fake"}}, "server": {"host": image_host.group(1)}})
+    # Without keys the image listens on loopback only; with them, on every interface.
+    assert listen_host(image, environ={}) == "127.0.0.1"
+    assert listen_host(image, environ={"HYBRID_ROUTER_API_KEYS": KEY}) == "0.0.0.0"
     assert "HYBRID_ROUTER_API_KEYS" in dockerfile
 
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     gateway = services["hybrid-router"]
     assert is_loopback(gateway["environment"]["HYBRID_ROUTER_SERVER__HOST"])
-    published = [port for service in services.values() for port in service.get("ports", [])]
-    assert not any(str(port).endswith(":8080") for port in published)
+    # The sidecar's namespace (the app's) does not publish it; only the keyed replicas' balancer is published.
+    assert not any(str(port).endswith(":8080") for port in services["app"].get("ports", []))
+    for name, service in services.items():
+        if any(str(port).endswith(":8080") for port in service.get("ports", [])):
+            assert service.get("profiles") == ["replicas"], name
 
 
 def test_the_example_config_lists_every_safety_setting_with_its_default() -> None:

@@ -36,12 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_models.batching import BatchedEngine, BatchedRequest, Outcome
 from edge_models.catalog import KNOWN_MODELS, resolve_model
 from edge_models.distill.manifest import StudentManifest
 from edge_models.distill.prefix import student_messages
 from edge_models.distill.registry import Registry
 from edge_models.errors import EdgeModelError, GenerationError, ModelInvalid, PromptTooLong
-from edge_models.runtime import ChatMessage, EdgeModel, Generation, SamplingOptions, default_threads
+from edge_models.runtime import ChatMessage, EdgeModel, FinishReason, Generation, SamplingOptions, default_threads
 from router.backends.base import Capabilities, Readiness
 from router.backends.cascade import SERVE_GREEDY, WANT_TOKEN_LOGPROBS
 from router.backends.versions import ModelVersion, StudentCard, SwapResult
@@ -127,6 +128,8 @@ class LoadedModel:
     # Fixed system prompt hash -> the alias this model was trained on (empty for the base model).
     aliases: Mapping[str, str]
     served: ModelVersion
+    # The continuous batcher that serves its requests (None: one generation per worker thread).
+    batch: BatchedEngine | None = None
 
 
 def smoke_test(engine: EdgeModel) -> None:
@@ -169,6 +172,7 @@ class EdgeBackend:
         config: OnnxTargetConfig,
         *,
         loader: Callable[[Path, int], EdgeModel] | None = None,
+        batcher: Callable[[EdgeModel, int, int], BatchedEngine] | None = None,
         cores: int | None = None,
     ) -> None:
         self.name = name
@@ -182,8 +186,19 @@ class EdgeBackend:
         self.model = config.model if config.model in KNOWN_MODELS else self.folder.name
         registry = config.registry_dir()
         self.registry = Registry(registry) if registry is not None else None
-        self.max_concurrency = config.max_concurrency or max(1, cores // 2)
-        self.threads = config.threads or max(1, cores // self.max_concurrency)
+        # An injected loader (tests, tools) brings its own engines: batching only with a batcher to match.
+        if batcher is None and loader is None and config.batching:
+            batcher = self._batched_engine
+        self._batcher = batcher
+        if batcher is not None:
+            # One batch decodes every running generation at once, on every core. Eight rows: a step of eight
+            # costs little more than a step of one here (decoding is bound by memory and per-step overhead),
+            # and a row's cache grows with its own length (46 KB a token for SmolLM2-135M).
+            self.max_concurrency = config.max_concurrency or 8
+            self.threads = config.threads or cores
+        else:
+            self.max_concurrency = config.max_concurrency or max(1, cores // 2)
+            self.threads = config.threads or max(1, cores // self.max_concurrency)
         self._loader = loader or (lambda folder, threads: EdgeModel.load(folder, threads=threads))
         self._loaded: LoadedModel | None = None
         # Why the registry's version is not the one serving (it failed to load or its smoke test).
@@ -258,7 +273,15 @@ class EdgeBackend:
         if manifest is not None:
             served = ModelVersion(version, manifest.parent or self.model, _student_card(version, manifest))
         counter = EdgeTokenCounter(engine, label, aliases, key=str(path))
-        return LoadedModel(engine, path, version, manifest, counter, aliases, served)
+        batch = self._batcher(engine, self.max_concurrency, self.threads) if self._batcher is not None else None
+        return LoadedModel(engine, path, version, manifest, counter, aliases, served, batch)
+
+    def _batched_engine(self, engine: EdgeModel, rows: int, threads: int) -> BatchedEngine:
+        return BatchedEngine(
+            engine.folder, engine.tokenizer, eos=engine.eos_token_ids, context_length=engine.context_length,
+            vocab_size=engine.vocab_size, max_batch=rows, threads=threads,
+            prefix_cache_tokens=self.config.prefix_cache_tokens,
+        )  # fmt: skip
 
     def _current(self) -> LoadedModel:
         loaded = self._loaded
@@ -390,11 +413,16 @@ class EdgeBackend:
         return Readiness(ready=True, reason="model loaded", detail=detail)
 
     def stats(self) -> Mapping[str, float]:
-        return {
+        stats = {
             "queue_depth": float(self._waiting),
             "active_generations": float(self._active),
             "max_concurrency": float(self.max_concurrency),
         }
+        batch = self._loaded.batch if self._loaded is not None else None
+        if batch is not None:
+            stats["batch_size"] = float(batch.batch_size)
+            stats["prefix_cached_tokens"] = float(batch.prefix_stats["cached_tokens"])
+        return stats
 
     def _options(self, request: ChatRequest) -> SamplingOptions:
         cfg = self.config
@@ -409,10 +437,13 @@ class EdgeBackend:
             stop=request.stop_sequences,
         )
 
-    def _generation(self, loaded: LoadedModel, request: ChatRequest, cancel: threading.Event) -> Generation:
+    def _generation(self, loaded: LoadedModel, request: ChatRequest, cancel: threading.Event) -> Generation | _Batched:
         logprobs = bool(request.memo.get(WANT_TOKEN_LOGPROBS))
         ids = loaded.counter.prompt_ids(request)
         try:
+            if loaded.batch is not None:
+                loaded.engine.check_fits(len(ids))
+                return _Batched(self.name, loaded, ids, self._options(request), cancel, logprobs)
             return loaded.engine.generate(ids, self._options(request), cancel, logprobs=logprobs)
         except PromptTooLong as exc:
             raise ContextLengthExceeded(
@@ -438,8 +469,11 @@ class EdgeBackend:
             self._slots.release()
             self._seconds_per_request += 0.2 * (time.perf_counter() - started - self._seconds_per_request)
 
-    async def _run(self, generation: Generation, emit: Callable[[str], None]) -> None:
-        """Drive ``generation`` in a worker thread, passing each piece to ``emit`` on the loop."""
+    async def _run(self, generation: Generation | _Batched, emit: Callable[[str], None]) -> None:
+        """Drive ``generation`` (in the batch, or in a worker thread), passing each piece to ``emit`` on the loop."""
+        if isinstance(generation, _Batched):
+            await generation.run(emit)
+            return
         loop = asyncio.get_running_loop()
 
         def work() -> None:
@@ -507,3 +541,74 @@ class EdgeBackend:
                     generation.cancel.set()
                     task.cancel()
                     await asyncio.wait([task])
+
+
+class _Batched:
+    """One request in the target's continuous batch, shaped like a :class:`Generation` for the code above."""
+
+    def __init__(
+        self,
+        target: str,
+        loaded: LoadedModel,
+        ids: Any,
+        options: SamplingOptions,
+        cancel: threading.Event,
+        logprobs: bool,
+    ) -> None:
+        self.target = target
+        # The whole version, held to the end: a swap leaves this generation on the model it started with.
+        self.loaded = loaded
+        assert loaded.batch is not None
+        self.batch = loaded.batch
+        self.ids = ids
+        self.options = options
+        self.cancel = cancel
+        self.logprobs = logprobs
+        self.outcome = Outcome(prompt_tokens=len(ids))
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.outcome.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.outcome.completion_tokens
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self.outcome.finish_reason
+
+    @property
+    def token_logprobs(self) -> list[float] | None:
+        return self.outcome.token_logprobs
+
+    async def run(self, emit: Callable[[str], None]) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Outcome] = loop.create_future()
+
+        def settle(outcome: Outcome) -> None:
+            if not done.done():
+                done.set_result(outcome)
+
+        def finished(outcome: Outcome) -> None:  # on the engine's thread
+            loop.call_soon_threadsafe(settle, outcome)
+
+        def piece(text: str) -> None:  # on the engine's thread
+            loop.call_soon_threadsafe(emit, text)
+
+        request = BatchedRequest(
+            [int(t) for t in self.ids], self.options, piece, finished, logprobs=self.logprobs, cancel=self.cancel
+        )
+        try:
+            self.batch.submit(request)
+        except GenerationError as exc:
+            raise BackendError(f"target {self.target}: {exc}") from exc
+        try:
+            self.outcome = await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self.cancel.set()
+            # The row leaves at the next step: the slot is freed once it has.
+            await asyncio.wait([done])
+            raise
+        if self.outcome.error is not None:
+            raise BackendError(f"target {self.target}: generation failed: {self.outcome.error}")

@@ -228,7 +228,7 @@ class _Database:
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -242,6 +242,23 @@ class _Database:
             raise
         self._conn = conn
         return conn
+
+    def _use_wal(self, conn: Connection) -> None:
+        """Switch the file to WAL once; another process connecting at the same moment may hold it briefly.
+
+        Changing the journal mode does not wait through the busy handler, so it is retried here; a file
+        already in WAL (every connection after the first) needs no change at all.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                if str(_one(conn, "PRAGMA journal_mode")).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _migrate(self, conn: Connection) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
