@@ -708,7 +708,7 @@ def test_a_real_prometheus_answers_every_dashboard_query(cloud_emulator: Server,
             for _ in range(2):  # two bursts, a few scrapes apart: rate() needs the counters to move between them
                 time.sleep(2.5)
                 send_demo_traffic(gateway.url)
-            # Scrapes run every second; on a busy machine the last ones may lag: ask again for up to 30 s.
+            # Scrapes run every second; on a busy machine they may lag: send more and ask again for up to 30 s.
             deadline = time.monotonic() + 30
             while True:
                 time.sleep(2.5)
@@ -725,6 +725,7 @@ def test_a_real_prometheus_answers_every_dashboard_query(cloud_emulator: Server,
                 tenants = httpx.get(api + "/api/v1/label/tenant/values", params=label).json()["data"]
                 if (not empty and tenants == ["default"]) or time.monotonic() > deadline:
                     break
+                send_demo_traffic(gateway.url)  # rate() needs the counters to move between scrapes it can see
             assert tenants == ["default"]
         finally:
             server.terminate()
