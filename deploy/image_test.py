@@ -154,12 +154,12 @@ def _pip_config(key: str) -> str | None:
     return None
 
 
-def build(tag: str, base: str) -> float:
+def build(tag: str, base: str, model_source: str = "host") -> float:
     start = time.monotonic()
     podman(
         "build", *RUNTIME, *ULIMITS, "--network", "host", "--format", "docker", "-f", "deploy/Dockerfile",
-        "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "MODEL_SOURCE=host", *pip_sources(), "-t", tag, str(ROOT),
-        timeout=1800,
+        "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"MODEL_SOURCE={model_source}", *pip_sources(),
+        "-t", tag, str(ROOT), timeout=3600,
     )  # fmt: skip
     return time.monotonic() - start
 
@@ -347,6 +347,10 @@ def main() -> int:
     parser.add_argument("--base-image", help=f"default: {OFFICIAL_BASE} if present, else {LOCAL_BASE}")
     parser.add_argument("--keep", action="store_true", help="keep the image afterwards")
     parser.add_argument("--build-only", action="store_true", help="build and keep the image; test nothing")
+    parser.add_argument(
+        "--model-source", choices=["host", "build"], default="host",
+        help="host: copy the models `make setup` built (default); build: build them inside the image (torch there)",
+    )  # fmt: skip
     args = parser.parse_args()
     args.keep = args.keep or args.build_only
     report: dict[str, Any] = {}
@@ -356,8 +360,9 @@ def main() -> int:
         base = base_image(args.base_image)
         report["base_image"] = base
         step(f"build on {base}")
-        stage_models()
-        report["build_s"] = round(build(args.tag, base), 1)
+        if args.model_source == "host":
+            stage_models()
+        report["build_s"] = round(build(args.tag, base, args.model_source), 1)
         size = podman("image", "inspect", "--format", "{{.Size}}", args.tag).stdout.strip()
         report["image_mb"] = round(int(size) / 1e6)
         if args.build_only:
