@@ -14,6 +14,7 @@ checked before every decode step.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ __all__ = [
     "Generation",
     "SamplingOptions",
     "StopMatcher",
+    "cpu_limit",
     "default_threads",
     "token_logprob",
 ]
@@ -44,8 +46,42 @@ ChatMessage = dict[str, str]
 FinishReason = Literal["stop", "length"]
 
 
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def default_threads(cpu_max: Path = CPU_MAX) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU limit (cgroup v2).
+
+    A CPU limit does not hide the node's cores from the affinity mask, so a
+    container limited to 2 CPUs on a 64-core node would otherwise run 64
+    threads and be throttled.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = cpu_limit(cpu_max)
+    if limit is not None:
+        cores = min(cores, max(1, math.ceil(limit)))
+    return max(1, cores)
+
+
+def cpu_limit(cpu_max: Path = CPU_MAX) -> float | None:
+    """CPUs the cgroup may use (``quota / period`` from ``cpu.max``); None when unlimited or unknown.
+
+    >>> import tempfile; path = Path(tempfile.mkdtemp()) / "cpu.max"
+    >>> _ = path.write_text("150000 100000\n"); cpu_limit(path)
+    1.5
+    >>> _ = path.write_text("max 100000\n"); cpu_limit(path) is None
+    True
+    """
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def _genai() -> Any:

@@ -1,0 +1,32 @@
+"""How many threads the edge model takes: the affinity mask, capped by a container's CPU limit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_models.runtime import cpu_limit, default_threads
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("150000 100000\n", 1.5), ("200000 100000", 2.0), ("max 100000\n", None), ("garbage", None), ("", None)],
+)
+def test_the_cgroup_cpu_limit_is_quota_over_period(tmp_path: Path, content: str, expected: float | None) -> None:
+    path = tmp_path / "cpu.max"
+    path.write_text(content)
+    assert cpu_limit(path) == expected
+    assert cpu_limit(tmp_path / "missing") is None
+
+
+def test_a_container_limit_caps_the_threads_the_node_shows(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    path = tmp_path / "cpu.max"
+    path.write_text("50000 100000")  # half a CPU: still one thread
+    assert default_threads(path) == 1
+    path.write_text("max 100000")
+    assert default_threads(path) == cores
+    path.write_text(f"{(cores + 8) * 100000} 100000")  # a limit above the cores changes nothing
+    assert default_threads(path) == cores
