@@ -29,6 +29,7 @@ A step that cannot run fails with the reason; nothing is skipped silently.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -146,12 +147,17 @@ def pip_sources() -> list[str]:
 
 
 def _pip_config(key: str) -> str | None:
-    result = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
-    for line in result.stdout.splitlines():
+    for line in _pip_config_lines():
         name, _, value = line.partition("=")
         if name.split(".", 1)[-1] == key:
             return value.strip().strip("'\"")
     return None
+
+
+@functools.cache
+def _pip_config_lines() -> tuple[str, ...]:
+    result = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    return tuple(result.stdout.splitlines())
 
 
 def build(tag: str, base: str, model_source: str = "host") -> float:

@@ -101,7 +101,6 @@ class _Row:
     matcher: StopMatcher
     counts: dict[int, int]
     budget: int
-    last_output: int = 0
 
 
 class _Layout:
@@ -122,10 +121,6 @@ class _Layout:
         self.present = [
             outputs[kind] % i for i in range(self.layers) for kind in ("present_key_names", "present_value_names")
         ]
-
-    @property
-    def bytes_per_token(self) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_size * 4
 
 
 class _PrefixCache:
@@ -229,7 +224,6 @@ class BatchedEngine:
         self._np = np
         self._prefixes = _PrefixCache(prefix_cache_tokens, min_prefix_tokens)
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
         self._pending: list[BatchedRequest] = []
         self._rows: list[_Row] = []
         self._buffers: list[Any] = []
@@ -255,7 +249,6 @@ class BatchedEngine:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="edge-batch", daemon=True)
                 self._thread.start()
-            self._wake.notify()
 
     def close(self) -> None:
         """Stop taking requests; the loop ends once the rows it has are done."""
@@ -263,7 +256,6 @@ class BatchedEngine:
             self._closed = True
             for request in self._pending:
                 request.cancel.set()
-            self._wake.notify()
 
     @property
     def prefix_stats(self) -> dict[str, int]:
@@ -279,10 +271,7 @@ class BatchedEngine:
         try:
             while True:
                 with self._lock:
-                    while not self._pending and not self._rows:
-                        if self._closed:
-                            self._thread = None
-                            return
+                    if not self._pending and not self._rows:
                         # Idle: the thread ends, and the next submit starts another (no thread outlives work).
                         self._thread = None
                         return
@@ -294,15 +283,12 @@ class BatchedEngine:
         except BaseException as exc:  # the loop must not die silently: every caller hears why
             log.exception("the edge batch loop failed")
             with self._lock:
-                failed, self._pending = self._rows_requests() + self._pending, []
+                failed, self._pending = [row.request for row in self._rows] + self._pending, []
                 self._rows = []
                 self._thread = None
             for request in failed:
                 request.outcome.error = f"{type(exc).__name__}: {exc}"
                 request.on_done(request.outcome)
-
-    def _rows_requests(self) -> list[BatchedRequest]:
-        return [row.request for row in self._rows]
 
     def _join(self, request: BatchedRequest) -> None:
         """Prefill ``request`` alone (reusing a cached prefix), pick its first token, give it a slot."""
@@ -371,7 +357,8 @@ class BatchedEngine:
         capacity = self._buffers[0].shape[0] if self._buffers else 0
         if rows <= capacity and width <= self._width:
             return
-        new_rows = max(capacity, min(self.max_batch, max(rows, 1)), rows)
+        # Rows double (up to max_batch): a request joining a batch that has room copies nothing.
+        new_rows = max(rows, min(self.max_batch, 2 * capacity))
         new_width = max(self._width, _MIN_WIDTH)
         while new_width < width:
             new_width *= 2
@@ -496,10 +483,7 @@ class BatchedEngine:
             scores[seen] = np.where(
                 values > 0, values / options.repetition_penalty, values * options.repetition_penalty
             )
-        if options.temperature <= 0:
-            token = int(scores.argmax())
-        else:
-            token = _sample(np, scores, options, row.rng, self.vocab_size)
+        token = int(scores.argmax()) if options.temperature <= 0 else _sample(np, scores, options, row.rng)
         if row.request.outcome.token_logprobs is not None:
             # The model's own distribution, before penalty and temperature (as the Generator path reports).
             top = raw.max()
@@ -507,7 +491,7 @@ class BatchedEngine:
         return token
 
 
-def _sample(np: Any, scores: Any, options: SamplingOptions, rng: Any, vocab_size: int) -> int:
+def _sample(np: Any, scores: Any, options: SamplingOptions, rng: Any) -> int:
     """Temperature, then top-k, then top-p over ``scores``; one draw from ``rng``."""
     scaled = scores / options.temperature
     k = options.top_k if 0 < options.top_k < len(scaled) else len(scaled)

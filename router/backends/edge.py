@@ -558,8 +558,6 @@ class _Batched:
         self.target = target
         # The whole version, held to the end: a swap leaves this generation on the model it started with.
         self.loaded = loaded
-        assert loaded.batch is not None
-        self.batch = loaded.batch
         self.ids = ids
         self.options = options
         self.cancel = cancel
@@ -599,8 +597,9 @@ class _Batched:
         request = BatchedRequest(
             [int(t) for t in self.ids], self.options, piece, finished, logprobs=self.logprobs, cancel=self.cancel
         )
+        assert self.loaded.batch is not None
         try:
-            self.batch.submit(request)
+            self.loaded.batch.submit(request)
         except GenerationError as exc:
             raise BackendError(f"target {self.target}: {exc}") from exc
         try:

@@ -20,7 +20,6 @@ import builtins
 import dataclasses
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,6 +43,7 @@ from router.state.windows import (
     budget_plan,
     counter_for,
     decide,
+    new_hold,
     rate_plan,
     refusal,
     to_micros,
@@ -104,9 +104,8 @@ class MemoryBudgets:
         return None
 
     def _place(self, plan: list[BudgetCharge], amount: int, request_id: str, expires_at: float) -> Reservation:
-        charges = tuple(item.counter.name for item in plan)
-        hold = Reservation(uuid.uuid4().hex, request_id, to_usd(amount), charges, expires_at)
-        entry = _Hold(amount, charges, hold.expires_at)
+        hold = new_hold(plan, amount, request_id, expires_at)
+        entry = _Hold(amount, hold.charges, hold.expires_at)
         self._holds[hold.id] = entry
         for item in plan:
             self._counters.setdefault(item.counter.name, _Counter(0, item.counter.ends_at + COUNTER_GRACE_S))

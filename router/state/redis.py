@@ -16,7 +16,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from router.state.windows import (
     budget_plan,
     counter_for,
     decide,
+    new_hold,
     rate_plan,
     refusal,
     to_micros,
@@ -117,9 +117,7 @@ class RedisBudgets:
     ) -> Reservation | BudgetExceeded:
         now, amount = self._clock(), to_micros(amount_usd)
         plan = budget_plan(scopes, now=now)
-        hold = Reservation(
-            uuid.uuid4().hex, request_id, to_usd(amount), tuple(i.counter.name for i in plan), now + ttl_s
-        )
+        hold = new_hold(plan, amount, request_id, now + ttl_s)
         args: list[str | bytes | int] = [_ms(now), hold.id, amount, _ms(hold.expires_at)]
         for item in plan:
             # Keep the counter a grace period past its window, and at least as long as the hold.
@@ -207,9 +205,7 @@ class RedisAdmissions:
         if not plan and not charges:
             return Admitted(RateDecision(True))
         bucket, elapsed = bucket_of(now)
-        hold = Reservation(
-            uuid.uuid4().hex, request_id, to_usd(amount), tuple(i.counter.name for i in charges), now + ttl_s
-        )
+        hold = new_hold(charges, amount, request_id, now + ttl_s)
         keys = [self._conn.key("rate", c.name, b) for c in plan for b in (bucket - 1, bucket)]
         keys += self._budgets._keys(hold.charges)
         args: list[str | bytes | int] = [len(plan), RATE_WIDTH_MS, elapsed, 2 * RATE_WIDTH_MS]

@@ -27,31 +27,49 @@ local function sweep(b, x, now)
 end
 """
 
-RESERVE = (
-    _SWEEP
-    + """
--- KEYS: hash, zset per counter. ARGV: now, id, amount, expires, then limit, ttl per counter.
-local now, id, amount, expires = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local n = #KEYS / 2
-for i = 1, n do
-  sweep(KEYS[2 * i - 1], KEYS[2 * i], now)
+# A hold on the budget counters from KEYS[k + 1] on (hash and zset per counter), with now, id, amount and
+# expiry at ARGV[a] on, then limit and ttl per counter: first check every counter, then place on each.
+_HOLD = """
+local function hold_refused(k, a)
+  local now, amount = ARGV[a], tonumber(ARGV[a + 2])
+  local n = (#KEYS - k) / 2
+  for i = 1, n do
+    sweep(KEYS[k + 2 * i - 1], KEYS[k + 2 * i], now)
+  end
+  for i = 1, n do
+    local b = KEYS[k + 2 * i - 1]
+    local spent = tonumber(redis.call('HGET', b, 'spent') or '0')
+    local held = tonumber(redis.call('HGET', b, 'held') or '0')
+    if spent + held + amount > tonumber(ARGV[a + 2 + 2 * i]) then
+      return i, spent, held
+    end
+  end
+  return 0, 0, 0
 end
-for i = 1, n do
-  local b = KEYS[2 * i - 1]
-  local spent = tonumber(redis.call('HGET', b, 'spent') or '0')
-  local held = tonumber(redis.call('HGET', b, 'held') or '0')
-  if spent + held + tonumber(amount) > tonumber(ARGV[3 + 2 * i]) then
-    return {0, i, spent, held}
+
+local function hold_place(k, a)
+  local id, amount, expires = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  for i = 1, (#KEYS - k) / 2 do
+    local b, x, ttl = KEYS[k + 2 * i - 1], KEYS[k + 2 * i], ARGV[a + 3 + 2 * i]
+    redis.call('HINCRBY', b, 'held', amount)
+    redis.call('HSET', b, 'h:' .. id, amount)
+    redis.call('ZADD', x, expires, id)
+    redis.call('PEXPIRE', b, ttl)
+    redis.call('PEXPIRE', x, ttl)
   end
 end
-for i = 1, n do
-  local b, x, ttl = KEYS[2 * i - 1], KEYS[2 * i], ARGV[4 + 2 * i]
-  redis.call('HINCRBY', b, 'held', amount)
-  redis.call('HSET', b, 'h:' .. id, amount)
-  redis.call('ZADD', x, expires, id)
-  redis.call('PEXPIRE', b, ttl)
-  redis.call('PEXPIRE', x, ttl)
+"""
+
+RESERVE = (
+    _SWEEP
+    + _HOLD
+    + """
+-- KEYS: hash, zset per counter. ARGV: now, id, amount, expires, then limit, ttl per counter.
+local i, spent, held = hold_refused(0, 1)
+if i > 0 then
+  return {0, i, spent, held}
 end
+hold_place(0, 1)
 return {1, 0, 0, 0}
 """
 )
@@ -97,29 +115,43 @@ return {tonumber(redis.call('HGET', KEYS[1], 'spent') or '0'), tonumber(redis.ca
 """
 )
 
-RATE = """
+# The sliding window over n rate counters (previous and current bucket per counter, from KEYS[1]),
+# their limit and cost from ARGV[first] on: router.state.windows.fits, in the same integers.
+_RATE = """
+local function rate_fits(n, width, elapsed, first)
+  local reply, fits = {0}, 1
+  for i = 1, n do
+    local prev = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+    local cur = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+    local limit, cost = tonumber(ARGV[first + 2 * i - 2]), tonumber(ARGV[first + 2 * i - 1])
+    reply[2 * i], reply[2 * i + 1] = prev, cur
+    if prev * (width - elapsed) + (cur + cost) * width > limit * width then
+      fits = 0
+    end
+  end
+  reply[1] = fits
+  return reply
+end
+
+local function rate_count(n, ttl, first)
+  for i = 1, n do
+    redis.call('INCRBY', KEYS[2 * i], ARGV[first + 2 * i - 1])
+    redis.call('PEXPIRE', KEYS[2 * i], ttl)
+  end
+end
+"""
+
+RATE = (
+    _RATE
+    + """
 -- KEYS: previous, current bucket per counter. ARGV: width, elapsed, ttl, then limit, cost per counter.
--- The comparison is router.state.windows.fits, in the same integers.
-local width, elapsed = tonumber(ARGV[1]), tonumber(ARGV[2])
-local reply, fits = {0}, 1
-for i = 1, #KEYS / 2 do
-  local prev = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  local cur = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local limit, cost = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-  reply[2 * i], reply[2 * i + 1] = prev, cur
-  if prev * (width - elapsed) + (cur + cost) * width > limit * width then
-    fits = 0
-  end
+local reply = rate_fits(#KEYS / 2, tonumber(ARGV[1]), tonumber(ARGV[2]), 4)
+if reply[1] == 1 then
+  rate_count(#KEYS / 2, ARGV[3], 4)
 end
-if fits == 1 then
-  for i = 1, #KEYS / 2 do
-    redis.call('INCRBY', KEYS[2 * i], ARGV[3 + 2 * i])
-    redis.call('PEXPIRE', KEYS[2 * i], ARGV[3])
-  end
-end
-reply[1] = fits
 return reply
 """
+)
 
 SWAP = """
 -- KEYS: a hash. ARGV: field, expected value, new value. Sets it only if it still holds what was read.
@@ -132,53 +164,25 @@ return 1
 
 ADMIT = (
     _SWEEP
+    + _RATE
+    + _HOLD
     + """
 -- RATE then RESERVE in one script: both or neither.
 -- KEYS: previous, current bucket per rate counter, then hash, zset per budget counter.
 -- ARGV: number of rate counters, width, elapsed, rate ttl, limit and cost per rate counter,
 --       then now, hold id, amount, expires, limit and ttl per budget counter.
 local nrate = tonumber(ARGV[1])
-local width, elapsed = tonumber(ARGV[2]), tonumber(ARGV[3])
-local reply, fits = {1}, 1
-for i = 1, nrate do
-  local prev = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  local cur = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local limit, cost = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
-  reply[2 * i], reply[2 * i + 1] = prev, cur
-  if prev * (width - elapsed) + (cur + cost) * width > limit * width then
-    fits = 0
-  end
-end
-if fits == 0 then
-  reply[1] = 0
+local reply = rate_fits(nrate, tonumber(ARGV[2]), tonumber(ARGV[3]), 5)
+if reply[1] == 0 then
   return reply
 end
 local k, a = 2 * nrate, 5 + 2 * nrate
-local now, id, amount, expires = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-local nbudget = (#KEYS - k) / 2
-for i = 1, nbudget do
-  sweep(KEYS[k + 2 * i - 1], KEYS[k + 2 * i], now)
+local i, spent, held = hold_refused(k, a)
+if i > 0 then
+  return {2, i, spent, held}
 end
-for i = 1, nbudget do
-  local b = KEYS[k + 2 * i - 1]
-  local spent = tonumber(redis.call('HGET', b, 'spent') or '0')
-  local held = tonumber(redis.call('HGET', b, 'held') or '0')
-  if spent + held + tonumber(amount) > tonumber(ARGV[a + 2 + 2 * i]) then
-    return {2, i, spent, held}
-  end
-end
-for i = 1, nrate do
-  redis.call('INCRBY', KEYS[2 * i], ARGV[4 + 2 * i])
-  redis.call('PEXPIRE', KEYS[2 * i], ARGV[4])
-end
-for i = 1, nbudget do
-  local b, x, ttl = KEYS[k + 2 * i - 1], KEYS[k + 2 * i], ARGV[a + 3 + 2 * i]
-  redis.call('HINCRBY', b, 'held', amount)
-  redis.call('HSET', b, 'h:' .. id, amount)
-  redis.call('ZADD', x, expires, id)
-  redis.call('PEXPIRE', b, ttl)
-  redis.call('PEXPIRE', x, ttl)
-end
+rate_count(nrate, ARGV[4], 5)
+hold_place(k, a)
 return {1}
 """
 )

@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -66,6 +65,7 @@ from router.state.windows import (
     budget_plan,
     counter_for,
     decide,
+    new_hold,
     rate_plan,
     refusal,
     to_micros,
@@ -303,9 +303,7 @@ class SQLiteBudgets:
     ) -> Reservation | BudgetExceeded:
         now, amount = self._clock(), to_micros(amount_usd)
         plan = budget_plan(scopes, now=now)
-        hold = Reservation(
-            uuid.uuid4().hex, request_id, to_usd(amount), tuple(i.counter.name for i in plan), now + ttl_s
-        )
+        hold = new_hold(plan, amount, request_id, now + ttl_s)
         sweep = self._db.sweep_due(now)
         reserve = functools.partial(_reserve, plan=plan, hold=hold, amount=amount, now=now, sweep=sweep)
         return await self._db.write(reserve)
@@ -530,9 +528,7 @@ class SQLiteAdmissions:
         now, amount = self._clock(), to_micros(amount_usd)
         plan, charges = rate_plan(rates, tokens=tokens), budget_plan(budgets, now=now)
         bucket, elapsed = bucket_of(now)
-        hold = Reservation(
-            uuid.uuid4().hex, request_id, to_usd(amount), tuple(i.counter.name for i in charges), now + ttl_s
-        )
+        hold = new_hold(charges, amount, request_id, now + ttl_s)
         sweep = self._db.sweep_due(now)
 
         def admit(conn: Connection) -> Admitted:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import calendar
 import functools
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-from router.state.base import BudgetExceeded, BudgetScope, RateDecision, RateScope, Window
+from router.state.base import BudgetExceeded, BudgetScope, RateDecision, RateScope, Reservation, Window
 
 __all__ = [
     "COUNTER_GRACE_S",
@@ -33,6 +34,7 @@ __all__ = [
     "counter_for",
     "decide",
     "fits",
+    "new_hold",
     "rate_plan",
     "refusal",
     "to_micros",
@@ -87,6 +89,11 @@ def budget_plan(scopes: list[BudgetScope], *, now: float) -> list[BudgetCharge]:
     if len({item.counter.name for item in plan}) != len(plan):
         raise ValueError(f"two budget scopes share a subject and window: {scopes}")
     return plan
+
+
+def new_hold(plan: list[BudgetCharge], amount: int, request_id: str, expires_at: float) -> Reservation:
+    """A fresh reservation of ``amount`` micro-dollars on ``plan``'s counters, with an id of its own."""
+    return Reservation(uuid.uuid4().hex, request_id, to_usd(amount), tuple(i.counter.name for i in plan), expires_at)
 
 
 def refusal(item: BudgetCharge, spent: int, held: int) -> BudgetExceeded:
