@@ -165,6 +165,8 @@ def build_model(
             "builder_options": dict(recipe.builder_options),
             "exact_gguf_blocks": recipe.exact_gguf,
             "accuracy_level": recipe.accuracy_level,
+            # The recommended sampling written into genai_config.json's "search" (edge_models/generation_config.py).
+            "generation": dict(known.generation),
             "source": {
                 "distribution": known.distribution,
                 "version": importlib.metadata.version(known.distribution),

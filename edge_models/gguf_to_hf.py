@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+from edge_models.catalog import known_model_for_file
 from edge_models.errors import MissingDependency
 
 __all__ = ["convert"]
@@ -19,7 +21,8 @@ __all__ = ["convert"]
 INSTALL_HINT = "pip install 'hybrid-router[build]'  (torch, transformers, gguf, accelerate, onnx-ir, onnxscript)"
 
 
-def convert(gguf: Path, out: Path) -> None:
+def convert(gguf: Path, out: Path, generation: Mapping[str, float | int | bool] | None = None) -> None:
+    """Write ``gguf`` as a Hugging Face folder; ``generation`` (default: the catalog's) into its generation config."""
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
@@ -31,6 +34,11 @@ def convert(gguf: Path, out: Path) -> None:
     setattr(model, "hf_quantizer", None)  # noqa: B010 - not a declared attribute
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if generation is None:
+        known = known_model_for_file(gguf.name)
+        generation = known.generation if known else {}
+    for key, value in generation.items():
+        setattr(model.generation_config, key, value)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from edge_models.catalog import check_model_folder
 from edge_models.errors import GenerationError, MissingDependency, ModelInvalid, PromptTooLong
+from edge_models.generation_config import sampling_defaults
 
 if TYPE_CHECKING:
     import numpy as np
@@ -251,6 +252,8 @@ class EdgeModel:
         self.eos_token_ids = frozenset(eos if isinstance(eos, list) else [eos])
         self.model_type = str(decoder.get("type", "unknown"))
         self.vocab_size = int(decoder.get("vocab_size", 0))
+        # What a request that sets no sampling gets (the model's recommendation, not OpenAI's 1.0).
+        self.sampling = sampling_defaults(folder, config)
 
     @classmethod
     def load(cls, folder: Path, *, threads: int | None = None) -> EdgeModel:

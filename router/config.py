@@ -297,12 +297,20 @@ class OnnxTargetConfig(_TargetCommon):
     default_max_tokens: Annotated[int, Field(ge=1)] = Field(
         default=512, description="When the request sets no max_tokens."
     )
-    temperature: Annotated[float, Field(ge=0, le=2)] = Field(
-        default=0.2, description="When the request sets none; SmolLM2's recommended value. 0 is greedy."
+    # Sampling for a request that sets none. Unset: the model's own recommended generation config
+    # (genai_config.json "search"; SmolLM2: temperature 0.2, top_p 0.9, top_k 50), not OpenAI's 1.0.
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = Field(
+        default=None, description="When the request sets none (default: the model's generation config). 0 is greedy."
     )
-    top_p: Annotated[float, Field(gt=0, le=1)] = Field(default=0.9, description="When the request sets none.")
-    repetition_penalty: Annotated[float, Field(gt=0)] = Field(
-        default=1.0, description="Above 1 discourages small models from looping."
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="When the request sets none (default: the model's generation config)."
+    )
+    top_k: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="When the request sets none (default: the model's generation config); 0 is off."
+    )
+    repetition_penalty: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="Above 1 discourages small models from looping (default: the model's generation config, else 1).",
     )
     distilled: bool = Field(
         default=False,

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_models.batching import BatchedEngine, BatchedRequest, Outcome
 from edge_models.catalog import KNOWN_MODELS, resolve_model
@@ -70,6 +70,7 @@ PROMPT_IDS = "edge_prompt_ids"
 _END = object()
 _SMOKE_PROMPT: list[ChatMessage] = [{"role": "user", "content": "Say hello."}]
 _SMOKE_TOKENS = 4
+_V = TypeVar("_V", int, float)
 
 
 def to_chat_messages(request: ChatRequest) -> list[ChatMessage]:
@@ -267,6 +268,10 @@ class EdgeBackend:
         engine = self._loader(path, self.threads)
         if check:
             smoke_test(engine)
+        log.info(
+            "target %s: sampling for requests that set none: %s", self.name, self._describe_sampling(engine),
+            extra={"target": self.name},
+        )  # fmt: skip
         aliases = dict(manifest.prompt_aliases) if manifest else {}
         label = self.model if version == BASE else f"{self.model}@{version}"
         served = ModelVersion(version)
@@ -275,6 +280,16 @@ class EdgeBackend:
         counter = EdgeTokenCounter(engine, label, aliases, key=str(path))
         batch = self._batcher(engine, self.max_concurrency, self.threads) if self._batcher is not None else None
         return LoadedModel(engine, path, version, manifest, counter, aliases, served, batch)
+
+    def _describe_sampling(self, engine: EdgeModel) -> str:
+        cfg = self.config
+        overrides = {
+            key: value
+            for key in ("temperature", "top_p", "top_k", "repetition_penalty")
+            if (value := getattr(cfg, key)) is not None
+        }
+        model = engine.sampling.describe()
+        return f"{model}, overridden by the target's {overrides}" if overrides else model
 
     def _batched_engine(self, engine: EdgeModel, rows: int, threads: int) -> BatchedEngine:
         return BatchedEngine(
@@ -424,16 +439,20 @@ class EdgeBackend:
             stats["prefix_cached_tokens"] = float(batch.prefix_stats["cached_tokens"])
         return stats
 
-    def _options(self, request: ChatRequest) -> SamplingOptions:
+    def _options(self, loaded: LoadedModel, request: ChatRequest) -> SamplingOptions:
+        """The request's sampling; what it leaves out comes from the target's config, then the model's own."""
         cfg = self.config
-        default_temperature = 0.0 if request.memo.get(SERVE_GREEDY) else cfg.temperature
+        model = loaded.engine.sampling
+        temperature = _first(cfg.temperature, model.temperature)
+        if request.memo.get(SERVE_GREEDY):
+            temperature = 0.0
         return SamplingOptions(
             max_new_tokens=request.effective_max_tokens or cfg.default_max_tokens,
-            temperature=default_temperature if request.temperature is None else request.temperature,
-            top_p=cfg.top_p if request.top_p is None else request.top_p,
-            top_k=request.top_k or 0,
+            temperature=temperature if request.temperature is None else request.temperature,
+            top_p=_first(request.top_p, cfg.top_p, model.top_p),
+            top_k=_first(request.top_k, cfg.top_k, model.top_k),
             seed=request.seed,
-            repetition_penalty=cfg.repetition_penalty,
+            repetition_penalty=_first(cfg.repetition_penalty, model.repetition_penalty),
             stop=request.stop_sequences,
         )
 
@@ -443,8 +462,8 @@ class EdgeBackend:
         try:
             if loaded.batch is not None:
                 loaded.engine.check_fits(len(ids))
-                return _Batched(self.name, loaded, ids, self._options(request), cancel, logprobs)
-            return loaded.engine.generate(ids, self._options(request), cancel, logprobs=logprobs)
+                return _Batched(self.name, loaded, ids, self._options(loaded, request), cancel, logprobs)
+            return loaded.engine.generate(ids, self._options(loaded, request), cancel, logprobs=logprobs)
         except PromptTooLong as exc:
             raise ContextLengthExceeded(
                 f"This prompt has {exc.prompt_tokens} tokens; target {self.name}'s window is {exc.context_length}.",
@@ -611,3 +630,11 @@ class _Batched:
             raise
         if self.outcome.error is not None:
             raise BackendError(f"target {self.target}: generation failed: {self.outcome.error}")
+
+
+def _first(*values: _V | None) -> _V:
+    """The first value that is set (the last one always is)."""
+    for value in values:
+        if value is not None:
+            return value
+    raise ValueError("no value set")  # the last value is the model's, never None

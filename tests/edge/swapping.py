@@ -17,6 +17,7 @@ import numpy as np
 
 from edge_models.distill.manifest import ConfidenceGate, StudentManifest
 from edge_models.errors import ModelInvalid
+from edge_models.generation_config import SamplingDefaults
 from edge_models.runtime import SamplingOptions
 from router.backends.edge import EdgeBackend
 from router.chat import ChatRequest
@@ -54,6 +55,7 @@ class FakeEngine:
     hold: threading.Event | None = None
     context_length: int = 2048
     encoded: list[list[dict[str, str]]] = field(default_factory=list)
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
 
     def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> Any:
         self.encoded.append([dict(m) for m in messages])

@@ -208,3 +208,34 @@ def test_corrupt_model_folder_is_a_clear_error(tmp_path: Path, edge_model_dir: P
     backend = EdgeBackend("edge", OnnxTargetConfig.model_validate({"type": "onnx", "model": str(folder)}))
     with pytest.raises(ConfigError, match="cannot load the model"):
         asyncio.run(backend.start())
+
+
+async def test_a_request_without_sampling_gets_the_models_recommended_settings(edge: EdgeBackend) -> None:
+    # SmolLM2's generation config (temperature 0.2, top_p 0.9, top_k 50), not OpenAI's 1.0.
+    question = "Write a short poem about the sea."
+    texts = set()
+    for seed in range(3):
+        implicit = await edge.complete(ask(question, seed=seed, max_tokens=24))
+        explicit = await edge.complete(ask(question, seed=seed, max_tokens=24, temperature=0.2, top_p=0.9, top_k=50))
+        openai = await edge.complete(ask(question, seed=seed, max_tokens=24, temperature=1.0, top_p=1.0))
+        text = implicit.body["choices"][0]["message"]["content"]
+        assert text == explicit.body["choices"][0]["message"]["content"]
+        assert text != openai.body["choices"][0]["message"]["content"]
+        texts.add(text)
+    assert len(texts) > 1  # sampled, not greedy
+
+
+async def test_the_targets_sampling_overrides_the_models(shared_model: EdgeModel, edge_model_dir: Path) -> None:
+    question = "Write a short poem about the sea."
+    greedy_target = make_backend(shared_model, edge_model_dir, temperature=0)
+    await greedy_target.start()
+    try:
+        by_target = await greedy_target.complete(ask(question, seed=7, max_tokens=24))
+        greedy = await greedy_target.complete(ask(question, seed=99, max_tokens=24, temperature=0))
+        sampled = await greedy_target.complete(ask(question, seed=7, max_tokens=24, temperature=1.0, top_k=0))
+    finally:
+        await greedy_target.aclose()
+    text = by_target.body["choices"][0]["message"]["content"]
+    assert text == greedy.body["choices"][0]["message"]["content"]
+    # The request's own temperature still wins over the target's.
+    assert sampled.body["choices"][0]["message"]["content"] != text
