@@ -29,6 +29,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -71,6 +72,7 @@ _END = object()
 _SMOKE_PROMPT: list[ChatMessage] = [{"role": "user", "content": "Say hello."}]
 _SMOKE_TOKENS = 4
 _V = TypeVar("_V", int, float)
+_A = TypeVar("_A")
 
 
 def to_chat_messages(request: ChatRequest) -> list[ChatMessage]:
@@ -607,11 +609,13 @@ class _Batched:
             if not done.done():
                 done.set_result(outcome)
 
-        def finished(outcome: Outcome) -> None:  # on the engine's thread
-            loop.call_soon_threadsafe(settle, outcome)
+        inbox = _inbox(loop)
+
+        def finished(outcome: Outcome) -> None:  # on the engine's thread, after the row's last piece
+            inbox.put(settle, outcome)
 
         def piece(text: str) -> None:  # on the engine's thread
-            loop.call_soon_threadsafe(emit, text)
+            inbox.put(emit, text)
 
         request = BatchedRequest(
             [int(t) for t in self.ids], self.options, piece, finished, logprobs=self.logprobs, cancel=self.cancel
@@ -638,3 +642,39 @@ def _first(*values: _V | None) -> _V:
         if value is not None:
             return value
     raise ValueError("no value set")  # the last value is the model's, never None
+
+
+class _Inbox:
+    """Callbacks from the engine's thread to one event loop, in order, one wake-up for all that arrive together.
+
+    A decode step gives every row its piece at once; ``call_soon_threadsafe`` per piece wakes the loop
+    (a write to its self-pipe) once per row, and each wake-up takes a core from the step running next.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[Callable[[Any], None], Any]] = []
+
+    def put(self, callback: Callable[[_A], None], value: _A) -> None:
+        with self._lock:
+            self._items.append((callback, value))
+            if len(self._items) > 1:
+                return  # a drain is already scheduled and will take this one too
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for callback, value in items:
+            callback(value)
+
+
+_INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    inbox = _INBOXES.get(loop)
+    if inbox is None:
+        inbox = _INBOXES[loop] = _Inbox(loop)
+    return inbox

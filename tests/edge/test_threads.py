@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -30,3 +34,34 @@ def test_a_container_limit_caps_the_threads_the_node_shows(tmp_path: Path) -> No
     assert default_threads(path) == cores
     path.write_text(f"{(cores + 8) * 100000} 100000")  # a limit above the cores changes nothing
     assert default_threads(path) == cores
+
+
+async def test_the_inbox_keeps_order_and_wakes_the_loop_once_per_burst() -> None:
+    from router.backends.edge import _Inbox
+
+    loop = asyncio.get_running_loop()
+    wakeups = 0
+    real = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any) -> Any:
+        nonlocal wakeups
+        wakeups += 1
+        return real(callback, *args)
+
+    inbox = _Inbox(loop)
+    got: list[tuple[str, int]] = []
+    with mock.patch.object(loop, "call_soon_threadsafe", counting):
+        # A decode step's burst: one piece per row, then one row's end, all from the engine's thread.
+        def step() -> None:
+            for i in range(8):
+                inbox.put(lambda v: got.append(("piece", v)), i)
+            inbox.put(lambda v: got.append(("done", v)), 8)
+
+        for _ in range(2):
+            engine = threading.Thread(target=step)
+            engine.start()
+            engine.join()
+            for _ in range(3):
+                await asyncio.sleep(0)
+    assert got == ([("piece", i) for i in range(8)] + [("done", 8)]) * 2
+    assert wakeups == 2
