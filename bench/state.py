@@ -3,16 +3,19 @@
 Three measurements, each against a baseline in the same run:
 
 1. **added latency**: one client, requests one after another, round-robin
-   over three gateways that differ only in limits: none, budgets and rate
-   limits on SQLite, the same on Redis. The target is a scripted cloud
-   (no delay), so what differs is admission, the hold and its settlement.
-   Reported: p50/p99 per gateway and the p50 over no limits.
+   over four gateways that differ only in limits: none, budgets and rate
+   limits on SQLite, the same on Redis (admission leases on, the default),
+   and on Redis with ``state.lease_fraction: 0`` (a store call per request).
+   The target is a scripted cloud (no delay), so what differs is admission,
+   the hold and its settlement. Reported: p50/p99 per gateway and the p50
+   over no limits.
 2. **throughput**: ``serve --workers 1`` against ``--workers 2`` (limits on,
    SQLite), 32 keep-alive connections from a client process for a fixed time,
    alternated twice (A B A B) to spread the machine's noise.
 3. **overshoot**: 50 concurrent requests at a budget's edge, split between two
-   gateway processes sharing the store, on SQLite and on Redis: what the store
-   charged minus the budget (0 means none).
+   gateway processes sharing the store, on SQLite and on Redis; and 200
+   requests, 50 at a time, at the edge of a budget large enough for leases
+   (Redis): what the store charged minus the budget (0 means none).
 
     python bench/state.py [--requests 2000] [--seconds 8]
 
@@ -54,7 +57,9 @@ KEY = "sk-bench-state"
 BODY = {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 8}
 
 
-def config(url: str | None, tenant: str, limits: dict[str, float] | None, delay_s: float = 0.0) -> dict[str, Any]:
+def config(
+    url: str | None, tenant: str, limits: dict[str, float] | None, delay_s: float = 0.0, **state: Any
+) -> dict[str, Any]:
     values: dict[str, Any] = {
         "targets": {
             "edge": {"type": "fake", "reply": "edge says hi"},
@@ -66,7 +71,7 @@ def config(url: str | None, tenant: str, limits: dict[str, float] | None, delay_
         "logging": {"level": "WARNING"},
     }  # fmt: skip
     if url is not None:
-        values["state"] = {"url": url}
+        values["state"] = {"url": url, **state}
     if limits is not None:
         values["tenants"] = {tenant: {"limits": limits}}
     return values
@@ -122,12 +127,16 @@ def added_latency(urls: dict[str, str], requests: int) -> dict[str, dict[str, fl
     return out
 
 
-async def overshoot(urls: list[str], store_url: str, tenant: str, budget: float) -> dict[str, float]:
+async def overshoot(urls: list[str], store_url: str, tenant: str, budget: float, count: int) -> dict[str, float]:
     headers = {"authorization": f"Bearer {KEY}"}
+    at_once = asyncio.Semaphore(50)
+
+    async def send(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        async with at_once:
+            return await client.post(urls[i % 2] + "/v1/chat/completions", json=BODY, headers=headers)
+
     async with httpx.AsyncClient(timeout=30) as client:
-        answers = await asyncio.gather(*(
-            client.post(urls[i % 2] + "/v1/chat/completions", json=BODY, headers=headers) for i in range(50)
-        ))  # fmt: skip
+        answers = await asyncio.gather(*(send(client, i) for i in range(count)))
     store = open_store(store_url)
     try:
         for _ in range(100):
@@ -138,7 +147,7 @@ async def overshoot(urls: list[str], store_url: str, tenant: str, budget: float)
     finally:
         await store.close()
     ok = sum(a.status_code == 200 for a in answers)
-    return {"answered": ok, "refused": sum(a.status_code == 429 for a in answers), "charged_usd": usage.spent_usd,
+    return {"requests": count, "answered": ok, "refused": sum(a.status_code == 429 for a in answers), "charged_usd": usage.spent_usd,
             "budget_usd": budget, "overshoot_usd": max(0.0, usage.spent_usd - budget)}  # fmt: skip
 
 
@@ -156,10 +165,13 @@ def main() -> None:
             "no limits": stack.enter_context(gateway(config(None, "t0", None), folder, "none")),
             "sqlite": stack.enter_context(gateway(config(sqlite_url, "t1", limits), folder, "sqlite")),
             "redis": stack.enter_context(gateway(config(redis_url, "t2", limits), folder, "redis")),
+            "redis, no leases": stack.enter_context(
+                gateway(config(redis_url, "t3", limits, lease_fraction=0), folder, "redis-no-leases")
+            ),
         }
         report["latency"] = added_latency(urls, args.requests)
         base = report["latency"]["no limits"]["p50_ms"]
-        for name in ("sqlite", "redis"):
+        for name in ("sqlite", "redis", "redis, no leases"):
             report["latency"][name]["added_p50_ms"] = report["latency"][name]["p50_ms"] - base
         stack.close()
 
@@ -180,21 +192,26 @@ def main() -> None:
         )
 
         report["overshoot"] = {}
-        for kind, url in (("sqlite", f"sqlite:///{folder / 'edge.db'}"), ("redis", redis_url)):
+        # At the edge of a $0.10 budget (each request may cost $0.018), and of a $0.80 one that leases
+        # can cover (5% of it is over two requests' worth): 50 at once, then 200 requests 50 at a time.
+        runs = (("sqlite", f"sqlite:///{folder / 'edge.db'}", 0.1, 50), ("redis", redis_url, 0.1, 50),
+                ("redis, leased", redis_url, 0.8, 200))  # fmt: skip
+        for kind, url, budget, count in runs:
             tenant = "t" + uuid.uuid4().hex[:8]
-            budget = 0.1
             values = config(url, tenant, {"usd_per_day": budget}, delay_s=0.05)
-            with gateway(values, folder, f"{kind}-a") as a, gateway(values, folder, f"{kind}-b") as b:
-                report["overshoot"][kind] = asyncio.run(overshoot([a, b], url, tenant, budget))
+            name = kind.replace(", ", "-")
+            with gateway(values, folder, f"{name}-a") as a, gateway(values, folder, f"{name}-b") as b:
+                report["overshoot"][kind] = asyncio.run(overshoot([a, b], url, tenant, budget, count))
     print(json.dumps(report, indent=2))
     lat = report["latency"]
     print(f"\nadded latency, p50 over no limits: SQLite {lat['sqlite']['added_p50_ms']:+.3f} ms, "
-          f"Redis {lat['redis']['added_p50_ms']:+.3f} ms (no limits p50 {base:.3f} ms)")  # fmt: skip
+          f"Redis {lat['redis']['added_p50_ms']:+.3f} ms (leases on, the default; off: "
+          f"{lat['redis, no leases']['added_p50_ms']:+.3f} ms) (no limits p50 {base:.3f} ms)")  # fmt: skip
     rps = report["throughput_rps"]
     print(f"throughput: --workers 1 {rps['workers 1']:.0f} req/s, --workers 2 {rps['workers 2']:.0f} req/s "
           f"(x{rps['ratio']:.2f})")  # fmt: skip
     for kind, row in report["overshoot"].items():
-        print(f"overshoot ({kind}, 50 concurrent, 2 processes): ${row['overshoot_usd']:.6f} "
+        print(f"overshoot ({kind}, {row['requests']} requests 50 at a time, 2 processes): ${row['overshoot_usd']:.6f} "
               f"({row['answered']} answered, {row['refused']} refused, ${row['charged_usd']:.4f} of ${row['budget_usd']})")  # fmt: skip
     shutil.rmtree(folder, ignore_errors=True)
 

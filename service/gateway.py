@@ -40,14 +40,15 @@ from router.policies.registry import build_policies, policy_requirements
 from router.policies.sticky import StickyPolicy
 from router.resilience.guarded import guard
 from router.router import Router, TargetProfile, describe_targets
-from router.state import StateStore, open_store
+from router.state import Admissions, StateStore, open_store
+from router.state.leases import LeasedAdmissions
 from router.tokens import EstimateCounter, TokenCounter
 from service.auth import KeyChecker, config_records, startup_problems
 from service.capture import CapturePool, Capturer, LazyDetector
 from service.clients import ClientDirectory
 from service.distill_auto import AutoDistiller
 from service.metrics import BackendStatsCollector, DistillHealthCollector, GatewayMetrics
-from service.settings import ConfigSource, Settings, keep_restart_only
+from service.settings import ConfigSource, Settings, StateSettings, keep_restart_only
 from service.spend import SpendControl, StoreHealth
 
 __all__ = ["Gateway", "LocalModelCounter", "ReloadResult", "Runtime"]
@@ -161,6 +162,7 @@ class Gateway:
         self.metrics = GatewayMetrics(registry)
         # Budgets, rate windows and run-time keys: opened once (state.url needs a restart), no I/O yet.
         self.store: StateStore = open_store(settings.state.url)
+        self.admissions = _admissions(self.store, settings.state)
         self.store_health = StoreHealth(self.metrics)
         if backends is None:
             backends = {name: self._create_backend(name, cfg) for name, cfg in settings.targets.items()}
@@ -234,6 +236,8 @@ class Gateway:
         await asyncio.gather(*self._draining, return_exceptions=True)
         # Settlements in flight charge what their requests cost before the store closes.
         await self._runtime.spend.drain()
+        if isinstance(self.admissions, LeasedAdmissions):
+            await self.admissions.close()
         await self.store.close()
         await asyncio.to_thread(self._capture.close)
         for _, classifier in self._classifiers.drain():
@@ -367,7 +371,7 @@ class Gateway:
         auth = KeyChecker(record.key_hash for record in records)
         clients = ClientDirectory(records, self.store.keys, cache_s=settings.state.key_cache_s)
         spend = SpendControl(
-            self.store, tenants=settings.tenants, state=settings.state, spend=settings.spend, profiles=profiles,
+            self.admissions, tenants=settings.tenants, state=settings.state, spend=settings.spend, profiles=profiles,
             local=frozenset(name for name, backend in backends.items() if backend.capabilities.local),
             max_tokens={name: int(own) for name, cfg in settings.targets.items()
                         if name in backends and (own := getattr(cfg, "default_max_tokens", None))},
@@ -567,3 +571,13 @@ class LocalModelCounter:
 
     def count(self, request: ChatRequest) -> int:
         return self._counter().count(request)
+
+
+def _admissions(store: StateStore, state: StateSettings) -> Admissions:
+    """The store's admissions, behind leases on Redis (a round trip per request otherwise); see leases.py."""
+    if state.lease_fraction > 0 and state.url.partition("://")[0] in ("redis", "rediss", "unix"):
+        return LeasedAdmissions(
+            store.admissions, store.rates, fraction=state.lease_fraction, lease_s=state.lease_s,
+            hold_ttl_s=state.hold_ttl_s,
+        )  # fmt: skip
+    return store.admissions

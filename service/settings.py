@@ -210,6 +210,10 @@ class StateSettings(_Section):
     hold_ttl_s: Annotated[float, Field(gt=0)] = 900.0
     # Seconds a looked-up run-time key is trusted before the store is asked again (revocation takes this long).
     key_cache_s: Annotated[float, Field(ge=0)] = 10.0
+    # Redis only: a busy client's requests are admitted from leases taken ahead (router/state/leases.py),
+    # each this share of every rate and budget limit, living lease_s; 0 asks Redis for every request.
+    lease_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    lease_s: Annotated[float, Field(gt=0, le=10)] = 1.0
 
     @field_validator("url")
     @classmethod

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from router.chat import ChatRequest, Usage
 from router.errors import BudgetExhausted, RateLimited, StateUnavailable
 from router.router import ADMISSION, Decision, TargetProfile
-from router.state import BudgetExceeded, BudgetScope, RateDecision, RateScope, Reservation, StateStore
+from router.state import Admissions, BudgetExceeded, BudgetScope, RateDecision, RateScope, Reservation
 from service.clients import Client
 from service.metrics import GatewayMetrics
 from service.settings import SpendSettings, StateSettings, TenantSettings
@@ -73,7 +73,7 @@ class Admission:
 
 
 class SpendControl:
-    """Admission, holds and settlement for one config; the store is the gateway's, shared by every config.
+    """Admission, holds and settlement for one config, over the gateway's ``admissions`` (shared by every config).
 
     ``local`` names the targets that cost nothing and that a limit may spill
     to; ``max_tokens`` gives a target's own default output budget where it has one.
@@ -81,7 +81,7 @@ class SpendControl:
 
     def __init__(
         self,
-        store: StateStore,
+        admissions: Admissions,
         *,
         tenants: Mapping[str, TenantSettings],
         state: StateSettings,
@@ -93,7 +93,8 @@ class SpendControl:
         health: StoreHealth,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._store = store
+        # The store's own, or leases over them (router/state/leases.py): the gateway's, shared by every config.
+        self._admissions = admissions
         self._tenants = dict(tenants)
         self._state = state
         self._spend = spend
@@ -150,7 +151,7 @@ class SpendControl:
             return decision
         try:
             # The rate count and the hold in one call: one round trip to the store, both or neither.
-            admitted = await self._store.admissions.admit(
+            admitted = await self._admissions.admit(
                 admission.rate_scopes,
                 scopes if estimate > 0 else [],
                 tokens=admission.prompt_tokens,
@@ -271,7 +272,7 @@ class SpendControl:
         budgets = self._budget_scopes(admission.client) if admission.hold is not None else []
         try:
             # A hold settled at 0 is released: nothing was served, or nothing priced.
-            left = await self._store.admissions.complete(
+            left = await self._admissions.complete(
                 admission.hold,
                 cost,
                 admission.rate_scopes if counted else [],
@@ -286,7 +287,7 @@ class SpendControl:
             log.exception("settling a request's spend failed")
         else:
             self._outage.up()
-            for scope, usage in zip(budgets, left, strict=True):
+            for scope, usage in zip(budgets, left, strict=False):  # a leased request may not know them yet
                 self._metrics.budget_remaining.labels(scope.subject, scope.window).set(usage.remaining_usd)
 
     @property

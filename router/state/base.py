@@ -178,6 +178,14 @@ class RateLimiter(Protocol):
         """Count tokens learnt later (the completion's) without refusing anything."""
         ...
 
+    async def give_back(self, scopes: list[RateScope], *, requests: int, tokens: int, at: float) -> None:
+        """Uncount ``requests`` and ``tokens`` counted at ``at`` and never used (a lease's leftovers).
+
+        Only from the bucket ``at`` fell in, and never below zero; once that
+        bucket has slid out of the window there is nothing left to give back.
+        """
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -214,8 +222,12 @@ class Admissions(Protocol):
         amount_usd: float,
         request_id: str,
         ttl_s: float,
+        requests: int = 1,
     ) -> Admitted:
-        """Count one request and ``tokens`` on ``rates`` and hold ``amount_usd`` on ``budgets`` (none if empty)."""
+        """Count ``requests`` and ``tokens`` on ``rates`` and hold ``amount_usd`` on ``budgets`` (none if empty).
+
+        More than one request is a lease (:mod:`router.state.leases`): slots admitted ahead of their requests.
+        """
         ...
 
     async def complete(
@@ -227,7 +239,10 @@ class Admissions(Protocol):
         tokens: int,
         budgets: list[BudgetScope],
     ) -> list[BudgetUsage]:
-        """Settle ``hold`` at ``actual_usd`` (0 releases it), count ``tokens`` learnt late, and read ``budgets``."""
+        """Settle ``hold`` at ``actual_usd`` (0 releases it), count ``tokens`` learnt late, and read ``budgets``.
+
+        A store reads every budget; a lease's request gets what was last read, or nothing yet (an empty list).
+        """
         ...
 
 

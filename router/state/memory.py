@@ -200,6 +200,14 @@ class MemoryRates:
         with self._lock:
             self._add([(c.name, c.cost) for c in plan], bucket_of(self._clock())[0])
 
+    async def give_back(self, scopes: list[RateScope], *, requests: int, tokens: int, at: float) -> None:
+        plan, bucket = rate_plan(scopes, tokens=tokens, requests=requests), bucket_of(at)[0]
+        with self._lock:
+            for item in plan:
+                key = (item.name, bucket)
+                if key in self._buckets:
+                    self._buckets[key] = max(0, self._buckets[key] - item.cost)
+
     def _count(self, name: str, bucket: int) -> int:
         return self._buckets.get((name, bucket), 0)
 
@@ -284,9 +292,10 @@ class MemoryAdmissions:
         amount_usd: float,
         request_id: str,
         ttl_s: float,
+        requests: int = 1,
     ) -> Admitted:
         now, amount = self._clock(), to_micros(amount_usd)
-        plan, charges = rate_plan(rates, tokens=tokens), budget_plan(budgets, now=now)
+        plan, charges = rate_plan(rates, tokens=tokens, requests=requests), budget_plan(budgets, now=now)
         bucket, elapsed = bucket_of(now)
         with self._budgets._lock, self._rates._lock:
             decision = self._rates._check(plan, bucket, elapsed)

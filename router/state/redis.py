@@ -82,6 +82,7 @@ class _Connection:
         self.swap = client.register_script(redis_lua.SWAP)
         self.admit = client.register_script(redis_lua.ADMIT)
         self.complete = client.register_script(redis_lua.COMPLETE)
+        self.give_back = client.register_script(redis_lua.GIVE_BACK)
 
     def key(self, *parts: str | int) -> str:
         return ":".join([self.namespace, *map(str, parts)])
@@ -169,6 +170,12 @@ class RedisRates:
         pairs = [(int(counts[i]), int(counts[i + 1])) for i in range(0, len(counts), 2)]
         return decide(plan, pairs, elapsed)
 
+    async def give_back(self, scopes: list[RateScope], *, requests: int, tokens: int, at: float) -> None:
+        plan, bucket = rate_plan(scopes, tokens=tokens, requests=requests), bucket_of(at)[0]
+        if plan:
+            keys = [self._conn.key("rate", item.name, bucket) for item in plan]
+            await self._conn.run(self._conn.give_back, keys, [item.cost for item in plan])
+
     async def record(self, scopes: list[RateScope], *, tokens: int) -> None:
         plan = rate_plan(scopes, tokens=tokens, requests=0)
         if not plan:
@@ -199,9 +206,10 @@ class RedisAdmissions:
         amount_usd: float,
         request_id: str,
         ttl_s: float,
+        requests: int = 1,
     ) -> Admitted:
         now, amount = self._clock(), to_micros(amount_usd)
-        plan, charges = rate_plan(rates, tokens=tokens), budget_plan(budgets, now=now)
+        plan, charges = rate_plan(rates, tokens=tokens, requests=requests), budget_plan(budgets, now=now)
         if not plan and not charges:
             return Admitted(RateDecision(True))
         bucket, elapsed = bucket_of(now)

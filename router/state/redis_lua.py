@@ -8,7 +8,7 @@ Lua. The clock is the caller's (``now`` in ``ARGV``), as in the other stores.
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "COMPLETE", "FINISH", "RATE", "RESERVE", "SWAP", "USAGE"]
+__all__ = ["ADMIT", "COMPLETE", "FINISH", "GIVE_BACK", "RATE", "RESERVE", "SWAP", "USAGE"]
 
 # Frees one counter's holds whose expiry has passed.
 _SWEEP = """
@@ -152,6 +152,19 @@ end
 return reply
 """
 )
+
+GIVE_BACK = """
+-- KEYS: one rate bucket per counter. ARGV: what to uncount from each; never below zero, and a bucket
+-- that has expired stays gone (DECRBY would bring it back negative and without an expiry).
+for i = 1, #KEYS do
+  local left = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local back = math.min(left, tonumber(ARGV[i]))
+  if back > 0 then
+    redis.call('DECRBY', KEYS[i], back)
+  end
+end
+return 0
+"""
 
 SWAP = """
 -- KEYS: a hash. ARGV: field, expected value, new value. Sets it only if it still holds what was read.

@@ -410,6 +410,19 @@ class SQLiteRates:
             bucket = bucket_of(self._clock())[0]
             await self._db.write(lambda conn: _add(conn, plan, bucket))
 
+    async def give_back(self, scopes: list[RateScope], *, requests: int, tokens: int, at: float) -> None:
+        plan, bucket = rate_plan(scopes, tokens=tokens, requests=requests), bucket_of(at)[0]
+
+        def uncount(conn: Connection) -> None:
+            for item in plan:
+                conn.execute(
+                    "UPDATE rate_buckets SET count = MAX(0, count - ?) WHERE name = ? AND bucket = ?",
+                    (item.cost, item.name, bucket),
+                )
+
+        if plan:
+            await self._db.write(uncount)
+
 
 def _rate_check(conn: Connection, plan: list[RateCounter], bucket: int, elapsed: int) -> RateDecision:
     counts = [(_count(conn, c.name, bucket - 1), _count(conn, c.name, bucket)) for c in plan]
@@ -524,9 +537,10 @@ class SQLiteAdmissions:
         amount_usd: float,
         request_id: str,
         ttl_s: float,
+        requests: int = 1,
     ) -> Admitted:
         now, amount = self._clock(), to_micros(amount_usd)
-        plan, charges = rate_plan(rates, tokens=tokens), budget_plan(budgets, now=now)
+        plan, charges = rate_plan(rates, tokens=tokens, requests=requests), budget_plan(budgets, now=now)
         bucket, elapsed = bucket_of(now)
         hold = new_hold(charges, amount, request_id, now + ttl_s)
         sweep = self._db.sweep_due(now)

@@ -102,6 +102,45 @@ async def test_fifty_concurrent_requests_at_a_budgets_edge_never_overshoot_it_ac
     assert usage.spent_usd <= BUDGET_USD + 1e-9
 
 
+async def test_busy_clients_are_admitted_from_leases_and_every_cent_still_reaches_redis(
+    tmp_path: Path, two_gateways: StartGateways, request: pytest.FixtureRequest
+) -> None:
+    import redis.asyncio
+
+    url: str = request.getfixturevalue("redis_server")
+    tenant = "t" + uuid.uuid4().hex[:8]
+    limits = {"usd_per_day": 10.0, "requests_per_minute": 2000}
+    servers = two_gateways(write_config(tmp_path, url, tenant, limits))
+    client = redis.asyncio.Redis.from_url(url)
+    await client.config_resetstat()
+    try:
+        answers: list[httpx.Response] = []
+        for _ in range(4):
+            answers += await fire(servers, 50)
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+
+    assert [a.status_code for a in answers] == [200] * 200
+    scripts = sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+    # Without leases: an admission and a completion each, 400 at least. With them, a few per lease.
+    assert scripts < 150, stats
+    charged = sum(
+        (a.json()["usage"]["prompt_tokens"] + a.json()["usage"]["completion_tokens"]) * 0.001 for a in answers
+    )
+    store = open_store(url)
+    try:
+        for _ in range(100):  # leases retire within a second or so of their last request
+            usage = await store.budgets.usage(BudgetScope(f"tenant:{tenant}", "day", 10.0))
+            if usage.held_usd == 0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+    assert usage.held_usd == 0
+    assert usage.spent_usd == pytest.approx(charged)
+
+
 async def test_a_rate_limit_holds_across_two_processes(
     tmp_path: Path, store_url: str, two_gateways: StartGateways
 ) -> None:

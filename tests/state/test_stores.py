@@ -341,6 +341,40 @@ async def test_tokens_per_minute_count_the_estimate_then_what_was_learnt(store: 
     assert not (await store.rates.acquire([scope], tokens=0)).allowed
 
 
+async def test_a_lease_counts_many_requests_at_once_and_gives_back_what_it_did_not_use(
+    store: StateStore, clock: FakeClock
+) -> None:
+    scope = RateScope("tenant:acme", requests_per_minute=10, tokens_per_minute=1000)
+    leased_at = clock()
+    lease = await store.admissions.admit(
+        [scope], [], tokens=600, amount_usd=0.0, request_id="lease", ttl_s=60, requests=8
+    )  # fmt: skip
+    assert lease.ok
+    # 10 - 8 = 2 left.
+    assert [(await store.rates.acquire([scope], tokens=0)).allowed for _ in range(3)] == [True, True, False]
+
+    clock.advance(5)
+    await store.rates.give_back([scope], requests=5, tokens=500, at=leased_at)  # 3 slots and 100 tokens used
+
+    admitted = [(await store.rates.acquire([scope], tokens=100)).allowed for _ in range(6)]
+    assert admitted == [True] * 5 + [False]  # 10 - 3 - 2 (acquired above) = 5
+    # Never below zero: giving back more than was counted leaves nothing negative to admit against.
+    await store.rates.give_back([scope], requests=100, tokens=10_000, at=leased_at)
+    assert [(await store.rates.acquire([scope], tokens=0)).allowed for _ in range(11)] == [True] * 10 + [False]
+
+
+async def test_giving_back_to_a_minute_gone_by_changes_nothing_now(store: StateStore, clock: FakeClock) -> None:
+    scope = rpm(4)
+    then = clock()
+    assert (await store.admissions.admit([scope], [], tokens=0, amount_usd=0, request_id="l", ttl_s=60, requests=4)).ok
+    clock.advance(60)  # the 4 are now the previous minute, still weighing 4
+    await store.rates.give_back([scope], requests=0, tokens=0, at=then)
+    assert not (await store.rates.acquire([scope], tokens=0)).allowed
+    clock.advance(120)  # long gone: giving back to it must not make a bucket of its own
+    await store.rates.give_back([scope], requests=4, tokens=0, at=then)
+    assert [(await store.rates.acquire([scope], tokens=0)).allowed for _ in range(5)] == [True] * 4 + [False]
+
+
 async def test_a_request_larger_than_the_limit_is_refused_for_good(store: StateStore) -> None:
     decision = await store.rates.acquire([RateScope("key:a", tokens_per_minute=100)], tokens=101)
     assert (decision.allowed, decision.retry_after_s, decision.kind) == (False, None, "tokens")
