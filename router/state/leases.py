@@ -83,6 +83,7 @@ class _Lease:
     outstanding: int = 0
     spent: int = 0
     given_back: bool = False
+    retired: bool = False
 
     def __post_init__(self) -> None:
         self.left_requests, self.left_tokens, self.left_micros = self.requests, self.tokens, self.micros
@@ -336,6 +337,11 @@ class LeasedAdmissions:
     async def _retire(self, client: _Client, lease: _Lease) -> None:
         if lease in client.leases:
             client.leases.remove(lease)
+        if lease.retired:
+            return  # the sweeper and a request's completion can both find it done
+        lease.retired = True
+        if lease.outstanding:
+            log.warning("a lease retires with %d requests still running; their cost is not charged", lease.outstanding)
         tokens, client.late_tokens = client.late_tokens, 0
         try:
             await self._give_back(client, lease)
