@@ -220,7 +220,7 @@ class BatchedEngine:
                 str(folder / self.layout.filename), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own types: any means "cannot load"
-            raise ModelInvalid(f"cannot load {folder / self.layout.filename}: {exc}") from exc
+            raise ModelInvalid(f"cannot load the model in {folder}: {exc}") from exc
         self._np = np
         self._prefixes = _PrefixCache(prefix_cache_tokens, min_prefix_tokens)
         self._lock = threading.Lock()

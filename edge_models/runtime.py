@@ -14,6 +14,7 @@ checked before every decode step.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -45,6 +46,8 @@ __all__ = [
 
 ChatMessage = dict[str, str]
 FinishReason = Literal["stop", "length"]
+
+log = logging.getLogger("hybrid_router.edge")
 
 
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -256,11 +259,28 @@ class EdgeModel:
         self.sampling = sampling_defaults(folder, config)
 
     @classmethod
-    def load(cls, folder: Path, *, threads: int | None = None) -> EdgeModel:
-        """Load the model in ``folder`` with ``threads`` intra-op threads (default: all cores)."""
+    def load(cls, folder: Path, *, threads: int | None = None, generator: bool = True) -> EdgeModel:
+        """Load the model in ``folder`` with ``threads`` intra-op threads (default: all cores).
+
+        ``generator=False`` loads only the tokenizer and chat template
+        (:class:`~edge_models.chat_tokenizer.ChatTokenizer`), for callers that
+        run the weights themselves (the continuous batcher): onnxruntime-genai's
+        model would hold a second copy of them. A folder whose tokenizer or
+        template that cannot read gets onnxruntime-genai's model all the same.
+        """
         check_model_folder(folder)
-        og = _genai()
         threads = threads or default_threads()
+        if not generator:
+            from edge_models.chat_tokenizer import ChatTokenizer
+
+            try:
+                config = json.loads((folder / "genai_config.json").read_text())
+                return cls(folder, None, ChatTokenizer.load(folder), config, threads)
+            except ModelInvalid as exc:
+                log.info("tokenizing %s with onnxruntime-genai's model: %s", folder, exc)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelInvalid(f"cannot load the model in {folder}: {exc}") from exc
+        og = _genai()
         try:
             config = json.loads((folder / "genai_config.json").read_text())
             og_config = og.Config(str(folder))
@@ -314,11 +334,15 @@ class EdgeModel:
         logprobs: bool = False,
     ) -> Generation:
         self.check_fits(len(prompt_ids))
+        if self.model is None:
+            raise GenerationError("this model was loaded to tokenize only (generator=False); its batch generates")
         return Generation(self, prompt_ids, options, cancel, logprobs=logprobs)
 
     def next_token_logprobs(self, prompt_ids: npt.NDArray[np.int32], tokens: Sequence[int]) -> list[float]:
         """The log-probability of each of ``tokens`` being the next one after ``prompt_ids`` (one prefill)."""
         self.check_fits(len(prompt_ids))
+        if self.model is None:
+            raise GenerationError("this model was loaded to tokenize only (generator=False)")
         generator = _genai().Generator(self.model, self.search_params(SamplingOptions(1), len(prompt_ids) + 1))
         generator.append_tokens(prompt_ids)
         logits = generator.get_logits()

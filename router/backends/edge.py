@@ -135,14 +135,29 @@ class LoadedModel:
     batch: BatchedEngine | None = None
 
 
-def smoke_test(engine: EdgeModel) -> None:
-    """Greedy-generate a few tokens from a short prompt; :class:`ModelInvalid` unless text comes and it finishes."""
-    try:
-        generation = engine.generate(engine.encode_chat(_SMOKE_PROMPT), SamplingOptions(_SMOKE_TOKENS))
-        text = "".join(generation)
-    except EdgeModelError as exc:
-        raise ModelInvalid(f"smoke test failed: {exc}") from exc
-    if not text.strip() or generation.finish_reason is None:
+def smoke_test(engine: EdgeModel, batch: BatchedEngine | None = None) -> None:
+    """Greedy-generate a few tokens from a short prompt (through ``batch`` when it serves); :class:`ModelInvalid`
+    unless text comes and it finishes. Runs in a worker thread."""
+    ids = engine.encode_chat(_SMOKE_PROMPT)
+    if batch is not None:
+        pieces: list[str] = []
+        done = threading.Event()
+        request = BatchedRequest([int(t) for t in ids], SamplingOptions(_SMOKE_TOKENS), pieces.append,
+                                 lambda _outcome: done.set())  # fmt: skip
+        batch.submit(request)
+        if not done.wait(60):
+            request.cancel.set()
+            raise ModelInvalid("smoke test failed: no answer within 60 s")
+        text, finish, error = "".join(pieces), request.outcome.finish_reason, request.outcome.error
+        if error:
+            raise ModelInvalid(f"smoke test failed: {error}")
+    else:
+        try:
+            generation = engine.generate(ids, SamplingOptions(_SMOKE_TOKENS))
+            text, finish = "".join(generation), generation.finish_reason
+        except EdgeModelError as exc:
+            raise ModelInvalid(f"smoke test failed: {exc}") from exc
+    if not text.strip() or finish is None:
         raise ModelInvalid(f"smoke test failed: {_SMOKE_TOKENS} greedy tokens gave no text ({text!r})")
 
 
@@ -202,7 +217,9 @@ class EdgeBackend:
         else:
             self.max_concurrency = config.max_concurrency or max(1, cores // 2)
             self.threads = config.threads or max(1, cores // self.max_concurrency)
-        self._loader = loader or (lambda folder, threads: EdgeModel.load(folder, threads=threads))
+        # With a batch the weights run in its session: the model itself only tokenizes (no second copy).
+        generator = batcher is None
+        self._loader = loader or (lambda folder, threads: EdgeModel.load(folder, threads=threads, generator=generator))
         self._loaded: LoadedModel | None = None
         # Why the registry's version is not the one serving (it failed to load or its smoke test).
         self._problem: str | None = None
@@ -268,8 +285,14 @@ class EdgeBackend:
         else:
             version = manifest.version if manifest is not None and manifest.version else BASE
         engine = self._loader(path, self.threads)
+        batch = self._batcher(engine, self.max_concurrency, self.threads) if self._batcher is not None else None
         if check:
-            smoke_test(engine)
+            try:
+                smoke_test(engine, batch)
+            except BaseException:
+                if batch is not None:
+                    batch.close()
+                raise
         log.info(
             "target %s: sampling for requests that set none: %s", self.name, self._describe_sampling(engine),
             extra={"target": self.name},
@@ -280,7 +303,6 @@ class EdgeBackend:
         if manifest is not None:
             served = ModelVersion(version, manifest.parent or self.model, _student_card(version, manifest))
         counter = EdgeTokenCounter(engine, label, aliases, key=str(path))
-        batch = self._batcher(engine, self.max_concurrency, self.threads) if self._batcher is not None else None
         return LoadedModel(engine, path, version, manifest, counter, aliases, served, batch)
 
     def _describe_sampling(self, engine: EdgeModel) -> str:
