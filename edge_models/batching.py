@@ -81,7 +81,7 @@ class Outcome:
 class BatchedRequest:
     """One request for the engine: prompt ids, sampling, and where its text goes (called on the engine thread)."""
 
-    prompt_ids: Sequence[int]
+    prompt_ids: Sequence[int] | Any  # or the tokenizer's numpy array, taken as it is
     options: SamplingOptions
     on_piece: Callable[[str], None]
     on_done: Callable[[Outcome], None]

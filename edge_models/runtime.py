@@ -270,19 +270,21 @@ class EdgeModel:
         """
         check_model_folder(folder)
         threads = threads or default_threads()
+        try:
+            config = json.loads((folder / "genai_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelInvalid(f"cannot load the model in {folder}: {exc}") from exc
         if not generator:
             from edge_models.chat_tokenizer import ChatTokenizer
 
             try:
-                config = json.loads((folder / "genai_config.json").read_text())
                 return cls(folder, None, ChatTokenizer.load(folder), config, threads)
             except ModelInvalid as exc:
                 log.info("tokenizing %s with onnxruntime-genai's model: %s", folder, exc)
-            except (OSError, ValueError, KeyError) as exc:
+            except KeyError as exc:
                 raise ModelInvalid(f"cannot load the model in {folder}: {exc}") from exc
         og = _genai()
         try:
-            config = json.loads((folder / "genai_config.json").read_text())
             og_config = og.Config(str(folder))
             og_config.overlay(
                 json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}})

@@ -142,8 +142,7 @@ def smoke_test(engine: EdgeModel, batch: BatchedEngine | None = None) -> None:
     if batch is not None:
         pieces: list[str] = []
         done = threading.Event()
-        request = BatchedRequest([int(t) for t in ids], SamplingOptions(_SMOKE_TOKENS), pieces.append,
-                                 lambda _outcome: done.set())  # fmt: skip
+        request = BatchedRequest(ids, SamplingOptions(_SMOKE_TOKENS), pieces.append, lambda _outcome: done.set())
         batch.submit(request)
         if not done.wait(60):
             request.cancel.set()
@@ -467,12 +466,10 @@ class EdgeBackend:
         """The request's sampling; what it leaves out comes from the target's config, then the model's own."""
         cfg = self.config
         model = loaded.engine.sampling
-        temperature = _first(cfg.temperature, model.temperature)
-        if request.memo.get(SERVE_GREEDY):
-            temperature = 0.0
+        greedy = 0.0 if request.memo.get(SERVE_GREEDY) else None
         return SamplingOptions(
             max_new_tokens=request.effective_max_tokens or cfg.default_max_tokens,
-            temperature=temperature if request.temperature is None else request.temperature,
+            temperature=_first(request.temperature, greedy, cfg.temperature, model.temperature),
             top_p=_first(request.top_p, cfg.top_p, model.top_p),
             top_k=_first(request.top_k, cfg.top_k, model.top_k),
             seed=request.seed,
@@ -639,9 +636,7 @@ class _Batched:
         def piece(text: str) -> None:  # on the engine's thread
             inbox.put(emit, text)
 
-        request = BatchedRequest(
-            [int(t) for t in self.ids], self.options, piece, finished, logprobs=self.logprobs, cancel=self.cancel
-        )
+        request = BatchedRequest(self.ids, self.options, piece, finished, logprobs=self.logprobs, cancel=self.cancel)
         assert self.loaded.batch is not None
         try:
             self.loaded.batch.submit(request)

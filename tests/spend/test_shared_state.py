@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from router.state import BudgetScope, open_store
+from router.state import BudgetScope, BudgetUsage, open_store
 from service.auth import hash_key
 from tests.support.processes import Server, free_port, running
 
@@ -74,6 +74,25 @@ async def fire(servers: list[Server], count: int) -> list[httpx.Response]:
         )))  # fmt: skip
 
 
+def charged_usd(answers: list[httpx.Response]) -> float:
+    """What the answers cost at the scripted cloud's $0.001 a token."""
+    return sum((a.json()["usage"]["prompt_tokens"] + a.json()["usage"]["completion_tokens"]) * 0.001 for a in answers)
+
+
+async def settled_usage(url: str, scope: BudgetScope) -> BudgetUsage:
+    """``scope``'s usage once nothing is held any more (or after 5 s)."""
+    store = open_store(url)
+    try:
+        for _ in range(100):
+            usage = await store.budgets.usage(scope)
+            if usage.held_usd == 0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+    return usage
+
+
 async def test_fifty_concurrent_requests_at_a_budgets_edge_never_overshoot_it_across_two_processes(
     tmp_path: Path, store_url: str, two_gateways: StartGateways
 ) -> None:
@@ -87,16 +106,9 @@ async def test_fifty_concurrent_requests_at_a_budgets_edge_never_overshoot_it_ac
     assert len(ok) + len(refused) == 50, [a.text for a in answers if a.status_code not in (200, 429)]
     assert ok and refused
     assert all(a.json()["error"]["code"] == "budget_exceeded" for a in refused)
-    charged = sum((a.json()["usage"]["prompt_tokens"] + a.json()["usage"]["completion_tokens"]) * 0.001 for a in ok)
-    store = open_store(store_url)
-    try:
-        for _ in range(100):  # settlements finish just after their responses
-            usage = await store.budgets.usage(BudgetScope(f"tenant:{tenant}", "day", BUDGET_USD))
-            if usage.held_usd == 0:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await store.close()
+    charged = charged_usd(ok)
+    # Settlements finish just after their responses.
+    usage = await settled_usage(store_url, BudgetScope(f"tenant:{tenant}", "day", BUDGET_USD))
     assert usage.held_usd == 0
     assert usage.spent_usd == pytest.approx(charged)
     assert usage.spent_usd <= BUDGET_USD + 1e-9
@@ -125,18 +137,9 @@ async def test_busy_clients_are_admitted_from_leases_and_every_cent_still_reache
     scripts = sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
     # Without leases: an admission and a completion each, 400 at least. With them, a few per lease.
     assert scripts < 150, stats
-    charged = sum(
-        (a.json()["usage"]["prompt_tokens"] + a.json()["usage"]["completion_tokens"]) * 0.001 for a in answers
-    )
-    store = open_store(url)
-    try:
-        for _ in range(100):  # leases retire within a second or so of their last request
-            usage = await store.budgets.usage(BudgetScope(f"tenant:{tenant}", "day", 10.0))
-            if usage.held_usd == 0:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await store.close()
+    charged = charged_usd(answers)
+    # Leases retire within a second or so of their last request.
+    usage = await settled_usage(url, BudgetScope(f"tenant:{tenant}", "day", 10.0))
     assert usage.held_usd == 0
     assert usage.spent_usd == pytest.approx(charged)
 
